@@ -1,0 +1,174 @@
+"""``PrototypeMIL``: the LPMN layer owning the prototype codebook and its Fisher importance."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import PrototypeMILOutput, prototype_mil
+from ..ops.reference import EPS, compute_dtype
+from ..ops.validation import BACKENDS
+
+
+class PrototypeMIL(nn.Module):
+    """Local prototypical mapping + MIL max-over-time aggregation (paper section 3).
+
+    Owns the codebook ``prototypes`` (K, C) and ``fisher_importance`` (K,), an EMA of each
+    prototype's Fisher importance (eq. 4). While training with gradients enabled, ``forward``
+    asks the op to accumulate per-frame squared prototype gradients during backward; call
+    :meth:`update_fisher` after ``loss.backward()`` to fold them into the EMA.
+
+    Args:
+        num_prototypes: K, codebook size.
+        dim: C, frame feature size.
+        tau: softmax temperature over prototypes (paper default 1.0).
+        kernel: op backend, "auto" (fused on CUDA), "triton" or "torch".
+        fisher_momentum: EMA momentum m in ``F <- m F + (1 - m) F_batch``.
+        check_finite: raise on NaN/Inf frames (costs a device sync per call).
+    """
+
+    def __init__(
+        self,
+        num_prototypes: int,
+        dim: int,
+        tau: float = 1.0,
+        kernel: str = "auto",
+        fisher_momentum: float = 0.99,
+        check_finite: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_prototypes < 1 or dim < 1:
+            raise ValueError(f"num_prototypes and dim must be >= 1, got {num_prototypes} and {dim}")
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        if kernel not in BACKENDS:
+            raise ValueError(f"kernel must be one of {BACKENDS}, got {kernel!r}")
+        if not 0.0 <= fisher_momentum < 1.0:
+            raise ValueError(f"fisher_momentum must be in [0, 1), got {fisher_momentum}")
+        self.num_prototypes = num_prototypes
+        self.dim = dim
+        self.tau = float(tau)
+        self.kernel = kernel
+        self.fisher_momentum = float(fisher_momentum)
+        self.check_finite = check_finite
+        self.track_fisher = True
+        self.prototypes = nn.Parameter(torch.randn(num_prototypes, dim))
+        self.register_buffer("fisher_importance", torch.zeros(num_prototypes))
+        self.register_buffer("fisher_updates", torch.zeros((), dtype=torch.int64))
+        # Between forward/backward and update_fisher: squared gradients and what they were summed over.
+        self.register_buffer("fisher_grad_sq", torch.zeros(num_prototypes), persistent=False)
+        self.register_buffer("fisher_utterances", torch.zeros((), dtype=torch.float64), persistent=False)
+        self.register_buffer("fisher_frames", torch.zeros((), dtype=torch.float64), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # .double()/.half() cast every floating buffer; the Fisher statistics stay float32.
+        super()._apply(fn, recurse)
+        self.fisher_importance = self.fisher_importance.float()
+        self.fisher_grad_sq = self.fisher_grad_sq.float()
+        return self
+
+    def extra_repr(self) -> str:
+        return f"num_prototypes={self.num_prototypes}, dim={self.dim}, tau={self.tau}, kernel={self.kernel!r}"
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> PrototypeMILOutput:
+        """x: (B, T, C) frame features; lengths: (B,) valid-frame counts or None.
+
+        Returns ``(pooled (B, K), frame_index (B, K), nearest (B, T))``.
+        """
+        accumulate = self.training and self.track_fisher and torch.is_grad_enabled()
+        out = prototype_mil(
+            x,
+            self.prototypes.to(x.dtype) if self.prototypes.dtype != x.dtype else self.prototypes,
+            lengths,
+            tau=self.tau,
+            fisher=self.fisher_grad_sq if accumulate else None,
+            backend=self.kernel,
+            check_finite=self.check_finite,
+        )
+        if accumulate:
+            self.fisher_utterances += x.shape[0]
+            self.fisher_frames += x.shape[0] * x.shape[1] if lengths is None else lengths.sum()
+        return out
+
+    @torch.no_grad()
+    def update_fisher(self, loss_scale: float | None = None) -> torch.Tensor:
+        """Fold the squared gradients accumulated since the last call into the Fisher EMA (eq. 4).
+
+        The accumulator holds squared gradients of the backward-ed loss. If that loss weights each
+        utterance's log-likelihood by ``loss_scale`` (a batch-mean cross-entropy: 1/B, the default,
+        with B the utterances seen since the last call), dividing by ``loss_scale**2`` recovers
+        per-utterance log-likelihood gradients; dividing by the number of valid frames gives
+        eq. (4)'s 1/(B*T) average. Returns this step's estimate (K,) and resets the accumulator.
+        """
+        if float(self.fisher_frames) == 0:
+            raise RuntimeError(
+                "no squared gradients accumulated: call update_fisher after loss.backward() on a "
+                "forward made in training mode with gradients enabled"
+            )
+        if loss_scale is None:
+            loss_scale = 1.0 / float(self.fisher_utterances)
+        if not loss_scale > 0:
+            raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
+        estimate = self.fisher_grad_sq / (loss_scale**2 * float(self.fisher_frames))
+        if int(self.fisher_updates) == 0:
+            self.fisher_importance.copy_(estimate)
+        else:
+            self.fisher_importance.mul_(self.fisher_momentum).add_(estimate, alpha=1.0 - self.fisher_momentum)
+        self.fisher_updates += 1
+        self.fisher_grad_sq.zero_()
+        self.fisher_utterances.zero_()
+        self.fisher_frames.zero_()
+        return estimate
+
+    def quantization_loss(
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor | None,
+        nearest: torch.Tensor,
+        commitment: float = 1.0,
+    ) -> torch.Tensor:
+        """VQ-VAE quantization loss, eq. (1): ||sg(x) - p||^2 + commitment * ||x - sg(p)||^2.
+
+        Distances are squared Euclidean between unit-normalised vectors (2 - 2 cos), the geometry
+        in which ``nearest`` (argmax cosine) is the nearest prototype; averaged over valid frames.
+        x: (B, T, C); lengths: (B,) or None; nearest: (B, T) from forward (-1 on padding).
+        """
+        if nearest.shape != x.shape[:2]:
+            raise ValueError(f"nearest must have shape (B, T) = {tuple(x.shape[:2])}, got {tuple(nearest.shape)}")
+        valid = nearest >= 0
+        if lengths is not None:
+            expected = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
+            if not torch.equal(valid, expected):
+                raise ValueError("nearest does not match lengths: pass the nearest returned for these lengths")
+        work = compute_dtype(x.dtype)
+        frames = F.normalize(x[valid].to(work), dim=-1, eps=EPS)  # (N, C)
+        assigned = F.normalize(self.prototypes[nearest[valid]].to(work), dim=-1, eps=EPS)
+        codebook = (frames.detach() - assigned).pow(2).sum(-1).mean()
+        commit = (frames - assigned.detach()).pow(2).sum(-1).mean()
+        return codebook + commitment * commit
+
+    def select_top(self, k_prime: int) -> torch.Tensor:
+        """Indices (K',) int64 of the K' prototypes with the largest Fisher importance, most important first."""
+        if not 1 <= k_prime <= self.num_prototypes:
+            raise ValueError(f"k_prime must be in [1, K = {self.num_prototypes}], got {k_prime}")
+        if int(self.fisher_updates) == 0:
+            raise RuntimeError("no Fisher importance estimated yet: train with update_fisher() before selecting")
+        return torch.topk(self.fisher_importance, k_prime, sorted=True).indices
+
+    def subset(self, indices: torch.Tensor) -> "PrototypeMIL":
+        """A new layer holding only the prototypes ``indices`` (e.g. from :meth:`select_top`)."""
+        indices = torch.as_tensor(indices, dtype=torch.int64, device=self.prototypes.device)
+        if indices.dim() != 1 or indices.numel() == 0:
+            raise ValueError(f"indices must be a non-empty 1-d tensor, got shape {tuple(indices.shape)}")
+        if int(indices.min()) < 0 or int(indices.max()) >= self.num_prototypes:
+            raise ValueError(f"indices must lie in [0, {self.num_prototypes}), got range "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
+        layer = PrototypeMIL(
+            indices.numel(), self.dim, self.tau, self.kernel, self.fisher_momentum, self.check_finite
+        ).to(self.prototypes.device)
+        with torch.no_grad():
+            layer.prototypes.copy_(self.prototypes[indices])
+            layer.fisher_importance.copy_(self.fisher_importance[indices])
+            layer.fisher_updates.copy_(self.fisher_updates)
+        return layer

@@ -1,0 +1,93 @@
+"""Pure-PyTorch reference of the prototype-MIL op (paper eq. 2 + MIL max over time).
+
+Readable, dtype-agnostic and differentiable by autograd; the ground truth for the fused
+kernels and the CPU path. It materialises the (B, T, K) similarities, which the Triton
+backend never does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .output import PrototypeMILOutput
+
+EPS = 1e-12
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Reduced-precision inputs are computed in float32; float32/float64 stay as they are."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def first_argmax(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """Index of the maximum along ``dim``, the smallest index among ties."""
+    size = values.shape[dim]
+    shape = [1] * values.dim()
+    shape[dim] = size
+    positions = torch.arange(size, device=values.device).view(shape)
+    is_max = values == values.amax(dim=dim, keepdim=True)
+    return torch.where(is_max, positions, size).amin(dim=dim)
+
+
+def prototype_mil_reference(
+    x: torch.Tensor,
+    prototypes: torch.Tensor,
+    lengths: torch.Tensor,
+    tau: float,
+    fisher: torch.Tensor | None = None,
+) -> PrototypeMILOutput:
+    """Reference prototype-MIL op on validated inputs.
+
+    x: (B, T, C) frame features; prototypes: (K, C); lengths: (B,) int64 in [1, T];
+    fisher: optional float32 (K,) accumulator that backward adds eq. (4)'s per-frame squared
+    prototype gradients to. Returns pooled (B, K) in x's dtype, frame_index (B, K) and
+    nearest (B, T) as int64.
+    """
+    out_dtype = x.dtype
+    work = compute_dtype(x.dtype)
+    B, T, _ = x.shape
+    valid = torch.arange(T, device=x.device) < lengths[:, None]  # (B, T)
+
+    # Padding is replaced by zeros so that whatever it holds (even NaN) cannot reach any result.
+    xw = torch.where(valid[..., None], x.to(work), 0.0)
+    pw = prototypes.to(work)
+    x_norm = xw.norm(dim=-1).clamp_min(EPS)  # (B, T)
+    p_norm = pw.norm(dim=-1).clamp_min(EPS)  # (K,)
+    xh = xw / x_norm[..., None]
+    ph = pw / p_norm[:, None]
+    cos = xh @ ph.T  # (B, T, K), eq. (2)
+
+    if fisher is not None and cos.requires_grad:
+        _accumulate_fisher_on_backward(cos, xh, p_norm, valid, fisher)
+
+    s = torch.softmax(cos / tau, dim=-1)
+    s_valid = s.masked_fill(~valid[..., None], -1.0)  # s >= 0, so padding never wins the max
+    frame_index = first_argmax(s_valid.detach(), dim=1)  # (B, K)
+    # gather routes the gradient to the winning frame only (ties: the smallest t).
+    pooled = s.gather(1, frame_index[:, None, :]).squeeze(1)
+
+    nearest = first_argmax(cos.detach(), dim=-1).masked_fill(~valid, -1)  # (B, T)
+    return PrototypeMILOutput(pooled.to(out_dtype), frame_index, nearest)
+
+
+def _accumulate_fisher_on_backward(
+    cos: torch.Tensor,
+    xh: torch.Tensor,
+    p_norm: torch.Tensor,
+    valid: torch.Tensor,
+    fisher: torch.Tensor,
+) -> None:
+    """On backward, add sum over valid (b, t) of ||dcos * d cos / d p_k||^2 to ``fisher`` (eq. 4).
+
+    Closed form of the per-frame squared norm: dcos^2 * (||xh||^2 - cos^2) / max(||p_k||, eps)^2.
+    """
+    cos_d = cos.detach()
+    xh_sq = (xh.detach() ** 2).sum(dim=-1, keepdim=True)  # (B, T, 1): 1, or 0 for a zero frame
+    weight = (xh_sq - cos_d**2) * valid[..., None]
+    inv_p_sq = p_norm.detach() ** -2
+
+    def hook(grad: torch.Tensor) -> None:
+        per_prototype = (grad.detach() ** 2 * weight).sum(dim=(0, 1)) * inv_p_sq
+        fisher.add_(per_prototype.to(fisher.dtype))
+
+    cos.register_hook(hook)
