@@ -1,0 +1,81 @@
+"""The set-up works: torchaudio's pure-Python parts and HubertModel import next to this torch."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_torchaudio_and_hubert_import_in_a_fresh_interpreter():
+    probe = (
+        "import torch, torchaudio\n"
+        "from torchaudio.compliance.kaldi import fbank\n"
+        "from transformers import HubertModel\n"
+        "w = torch.randn(1, 16000)\n"
+        "feats = fbank(w, num_mel_bins=40, frame_length=25.0, frame_shift=20.0, sample_frequency=16000)\n"
+        "assert feats.shape == (49, 40), feats.shape\n"
+        "import torchaudio.functional as F\n"
+        "assert F.resample(w, 16000, 8000).shape == (1, 8000)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_torchaudio_compat_check_reports_clean(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "lpmn_fast.torchaudio_compat", "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "imports cleanly" in result.stdout
+
+
+def test_disable_and_restore_rename_without_losing_files(tmp_path):
+    from lpmn_fast.torchaudio_compat import disable_compiled_libraries, restore_compiled_libraries
+
+    (tmp_path / "_torchaudio.abi3.so").write_bytes(b"lib one")
+    (tmp_path / "libtorchaudio.so").write_bytes(b"lib two")
+    (tmp_path / "__init__.py").write_text("")
+    moved = disable_compiled_libraries(tmp_path)
+    assert sorted(p.name for p in moved) == ["_torchaudio.abi3.so.disabled", "libtorchaudio.so.disabled"]
+    assert not list(tmp_path.glob("*.so"))
+    restored = restore_compiled_libraries(tmp_path)
+    assert sorted(p.read_bytes() for p in restored) == [b"lib one", b"lib two"]
+    assert (tmp_path / "__init__.py").exists()
+
+
+def test_kernels_ship_inside_the_package_only(tmp_path):
+    # From a directory outside the repository, as an installed user sees it.
+    probe = (
+        "import importlib.util, lpmn_fast.kernels\n"
+        "print(lpmn_fast.kernels.__file__)\n"
+        "print(importlib.util.find_spec('kernels'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    kernels_file, top_level = result.stdout.split()
+    assert Path(kernels_file).resolve().parent == ROOT / "kernels"
+    assert top_level == "None"
+
+
+def test_every_subpackage_is_listed_in_pyproject():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "lpmn_fast").rglob("__init__.py")
+    }
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+    assert config["package-dir"]["lpmn_fast.kernels"] == "kernels"
+
+
+def test_demo_runs():
+    result = subprocess.run([sys.executable, "-m", "lpmn_fast.demo", "--kernel", "torch"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "most important prototypes" in result.stdout
