@@ -78,8 +78,3 @@ def test_mixed_devices_raise_on_meta():
         prototype_mil(X, P, torch.tensor([5, 5], device="meta"), backend="torch")
     with pytest.raises(ValueError, match="fisher accumulator is on meta"):
         prototype_mil(X, P, fisher=torch.zeros(3, device="meta"), backend="torch")
-
-
-def test_triton_backend_not_implemented_yet():
-    with pytest.raises(NotImplementedError, match="backend='torch'"):
-        prototype_mil(X, P, backend="triton")

@@ -6,18 +6,29 @@ import torch
 
 from .output import PrototypeMILOutput
 from .reference import prototype_mil_reference
-from .validation import validate_inputs
+from .validation import validate_fused_inputs, validate_inputs
+
+try:  # the fused backend needs triton (Linux); without it every call goes to the reference
+    from . import triton_op as _triton_op
+
+    _TRITON_IMPORT_ERROR: ImportError | None = None
+except ImportError as exc:  # pragma: no cover - triton ships with torch's Linux wheels
+    _triton_op = None
+    _TRITON_IMPORT_ERROR = exc
+
+FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def fused_backend_available(device: torch.device) -> bool:
-    """Whether backend="auto" would use the fused Triton kernels on ``device``."""
-    return False
+    """Whether backend="auto" would use the fused Triton kernels on ``device``: CUDA with triton importable."""
+    return _triton_op is not None and torch.device(device).type == "cuda"
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map "auto" to "triton" on CUDA when the fused kernels exist, else to "torch"."""
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """Map "auto" to "triton" on CUDA when the fused kernels exist (and take ``dtype``), else to "torch"."""
     if backend == "auto":
-        return "triton" if fused_backend_available(device) else "torch"
+        fused = fused_backend_available(device) and (dtype is None or dtype in FUSED_DTYPES)
+        return "triton" if fused else "torch"
     return backend
 
 
@@ -30,6 +41,7 @@ def prototype_mil(
     fisher: torch.Tensor | None = None,
     backend: str = "auto",
     check_finite: bool = False,
+    deterministic: bool | None = None,
 ) -> PrototypeMILOutput:
     """Local prototypical mapping with MIL max-over-time pooling (paper eq. 2, section 3.2).
 
@@ -39,15 +51,29 @@ def prototype_mil(
 
     fisher: optional float32 (K,) accumulator; backward adds to it, per prototype, the sum over
     valid frames of the squared gradient of the backward-ed scalar through the similarity
-    (eq. 4 before normalisation). backend: "torch" (reference), "triton" (fused kernels) or
-    "auto" (fused on CUDA when available). check_finite: raise on NaN/Inf in valid frames.
+    (eq. 4 before normalisation). backend: "torch" (reference), "triton" (fused kernels; float16,
+    bfloat16 or float32 inputs, computed in float32) or "auto" (fused on CUDA when available and
+    the dtype is one of those, else the reference). check_finite: raise on NaN/Inf in valid frames.
+    deterministic: with backend "triton", add the Fisher terms in a fixed order instead of with
+    atomics, so that repeated backward passes give bit-identical results (everything else the
+    fused backward does is deterministic already); None follows
+    ``torch.are_deterministic_algorithms_enabled()``. The torch backend follows PyTorch's setting.
 
-    Returns ``PrototypeMILOutput(pooled (B, K), frame_index (B, K) int64, nearest (B, T) int64)``.
+    Returns ``PrototypeMILOutput(pooled (B, K), frame_index (B, K) int64, nearest (B, T) int64)``;
+    pooled is in x's dtype.
     """
     lengths = validate_inputs(x, prototypes, lengths, tau, fisher, backend, check_finite)
-    chosen = resolve_backend(backend, x.device)
+    if deterministic is not None and not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be True, False or None, got {deterministic!r}")
+    chosen = resolve_backend(backend, x.device, x.dtype)
     if chosen == "triton":
-        raise NotImplementedError(
-            "backend='triton' (the fused kernels) is not implemented yet; use backend='torch' or 'auto'"
-        )
+        if _triton_op is None:
+            raise RuntimeError(
+                f"backend='triton' needs the triton package, which failed to import ({_TRITON_IMPORT_ERROR}); "
+                "install triton (Linux) or use backend='torch'"
+            )
+        validate_fused_inputs(x)
+        if deterministic is None:
+            deterministic = torch.are_deterministic_algorithms_enabled()
+        return _triton_op.prototype_mil_fused(x, prototypes, lengths, float(tau), fisher, deterministic)
     return prototype_mil_reference(x, prototypes, lengths, float(tau), fisher)

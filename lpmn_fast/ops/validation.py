@@ -99,3 +99,12 @@ def validate_inputs(
             rows = torch.nonzero(~torch.isfinite(prototypes).all(dim=-1)).flatten()[:5].tolist()
             raise ValueError(f"prototypes contain NaN or Inf, first rows: {rows}")
     return lengths
+
+
+def validate_fused_inputs(x: torch.Tensor) -> None:
+    """Checks specific to backend="triton": the fused kernels compute in float32 from 16/32-bit inputs."""
+    if x.dtype == torch.float64:
+        raise TypeError(
+            "backend='triton' takes float16, bfloat16 or float32 inputs (it computes in float32), got "
+            "float64; cast x and prototypes with .float() or use backend='torch'"
+        )
