@@ -1,0 +1,120 @@
+"""Utterance heads on frame features: LPMN (prototype MIL, section 3) and the AP/MP baselines."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ..nn import PrototypeMIL
+from .backbones import frame_mask
+
+HEADS = ("lpmn", "ap", "mp")
+
+
+class HeadOutput(NamedTuple):
+    """logits (B, classes); aux_loss: scalar added to the cross-entropy (0 for AP/MP);
+    nearest (B, T) prototype of each frame (-1 on padding), None for AP/MP."""
+
+    logits: torch.Tensor
+    aux_loss: torch.Tensor
+    nearest: torch.Tensor | None
+
+
+class PoolingHead(nn.Module):
+    """Average (``ap``) or max (``mp``) pooling over valid frames + linear classifier (Table 2 baselines)."""
+
+    def __init__(self, dim: int, num_classes: int, mode: str):
+        super().__init__()
+        if mode not in ("ap", "mp"):
+            raise ValueError(f"pooling mode must be 'ap' or 'mp', got {mode!r}")
+        self.mode = mode
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def pool(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, C) -> (B, C) over valid frames only."""
+        valid = frame_mask(lengths, x.shape[1])[..., None]
+        if self.mode == "ap":
+            return (x * valid).sum(1) / lengths[:, None].to(x.dtype)
+        return x.masked_fill(~valid, float("-inf")).amax(1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> HeadOutput:
+        return HeadOutput(self.classifier(self.pool(x, lengths)), x.new_zeros(()), None)
+
+
+class LPMNHead(nn.Module):
+    """``PrototypeMIL`` (K prototypes) + linear classifier on the pooled (B, K) mappings.
+
+    aux_loss is ``quant_weight`` x the quantization loss, eq. (1). ``idle_steps`` (K,) counts,
+    per prototype, training steps since it was last some frame's nearest prototype; see
+    :meth:`restart_dead`.
+    """
+
+    def __init__(self, dim: int, num_classes: int, num_prototypes: int, tau: float = 1.0,
+                 kernel: str = "auto", quant_weight: float = 1.0, fisher_momentum: float = 0.99):
+        super().__init__()
+        self.mil = PrototypeMIL(num_prototypes, dim, tau=tau, kernel=kernel, fisher_momentum=fisher_momentum)
+        self.classifier = nn.Linear(num_prototypes, num_classes)
+        self.quant_weight = float(quant_weight)
+        self.register_buffer("idle_steps", torch.zeros(num_prototypes, dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> HeadOutput:
+        out = self.mil(x, lengths)
+        aux = x.new_zeros(())
+        if self.training and self.quant_weight > 0:
+            aux = self.quant_weight * self.mil.quantization_loss(x, lengths, out.nearest)
+        if self.training and torch.is_grad_enabled():
+            used = torch.zeros_like(self.idle_steps, dtype=torch.bool)
+            used[out.nearest[out.nearest >= 0]] = True
+            self.idle_steps.add_(1).masked_fill_(used, 0)
+        return HeadOutput(self.classifier(out.pooled), aux, out.nearest)
+
+    @torch.no_grad()
+    def restart_dead(self, frames: torch.Tensor, patience: int, generator: torch.Generator) -> torch.Tensor:
+        """Re-seed prototypes idle for ``patience`` steps or more with random ``frames`` (N, C).
+
+        Dead codes are a known VQ failure: a prototype that is never nearest gets no
+        quantization-loss gradient and stays dead. Returns the restarted indices (int64).
+        """
+        dead = torch.nonzero(self.idle_steps >= patience).flatten()
+        if dead.numel() and frames.shape[0]:
+            pick = torch.randint(frames.shape[0], (dead.numel(),), generator=generator, device=generator.device)
+            self.mil.prototypes[dead] = frames[pick.to(frames.device)].to(self.mil.prototypes.dtype)
+            self.idle_steps[dead] = 0
+        return dead
+
+
+class ProbeHead(nn.Module):
+    """Linear probing after prototype selection (section 3.3): a frozen ``PrototypeMIL`` subset
+    holding the top-K' prototypes and a fresh, trainable classifier. ``selected`` (K',) records
+    which prototypes of the full codebook they are."""
+
+    def __init__(self, mil: PrototypeMIL, num_classes: int, selected: torch.Tensor | None = None):
+        super().__init__()
+        if selected is None:
+            selected = torch.arange(mil.num_prototypes)
+        self.register_buffer("selected", torch.as_tensor(selected, dtype=torch.int64).clone())
+        self.mil = mil.requires_grad_(False)
+        self.mil.track_fisher = False
+        self.classifier = nn.Linear(mil.num_prototypes, num_classes)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> HeadOutput:
+        out = self.mil(x, lengths)
+        return HeadOutput(self.classifier(out.pooled), x.new_zeros(()), out.nearest)
+
+
+def build_head(name: str, dim: int, num_classes: int, **lpmn_options) -> nn.Module:
+    if name == "lpmn":
+        return LPMNHead(dim, num_classes, **lpmn_options)
+    if name in ("ap", "mp"):
+        return PoolingHead(dim, num_classes, name)
+    raise ValueError(f"unknown head {name!r}; choose one of {HEADS}")
+
+
+def masked_frames(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, T, C) padded frames -> (N, C) valid frames."""
+    return x[frame_mask(lengths, x.shape[1])]
+
+
+__all__ = ["HEADS", "HeadOutput", "LPMNHead", "PoolingHead", "ProbeHead", "build_head", "masked_frames"]

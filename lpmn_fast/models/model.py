@@ -1,0 +1,40 @@
+"""The SER model: backbone (trainable part) + utterance head."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class ModelOutput(NamedTuple):
+    """logits (B, classes); aux_loss scalar (quantization loss for LPMN, else 0); nearest (B, T)
+    prototype per frame or None; frames (B, T, C) the backbone's frame features."""
+
+    logits: torch.Tensor
+    aux_loss: torch.Tensor
+    nearest: torch.Tensor | None
+    frames: torch.Tensor
+
+
+class SERModel(nn.Module):
+    """feats (B, T, F) prepared by ``backbone.prepare`` + lengths (B,) -> ModelOutput."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def frames(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) backbone frame features."""
+        return self.backbone(feats, lengths)
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> ModelOutput:
+        x = self.frames(feats, lengths)
+        return ModelOutput(*self.head(x, lengths), x)
+
+    def persistent_state(self) -> dict[str, torch.Tensor]:
+        """The state a checkpoint needs: everything but the frozen pretrained bottom of a HuBERT
+        backbone, which is reloaded from its path."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.frozen.")}

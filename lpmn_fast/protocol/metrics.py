@@ -1,0 +1,38 @@
+"""SER metrics: WA, UA, macro and weighted F1 and the confusion matrix (scikit-learn)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict:
+    """Metrics of predicted class indices against the truth.
+
+    WA (weighted accuracy) is the plain accuracy; UA (unweighted accuracy) the mean recall over
+    the classes present in ``y_true``; macro/weighted F1 follow scikit-learn over the classes seen
+    in either array. The confusion matrix (rows: truth, columns: prediction) covers every class
+    in ``classes``, in that order.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true and y_pred must be 1-d of equal length, got {y_true.shape} and {y_pred.shape}")
+    if y_true.size == 0:
+        raise ValueError("cannot compute metrics of an empty evaluation set")
+    n = len(classes)
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        if y.min() < 0 or y.max() >= n:
+            raise ValueError(f"{name} holds class indices outside [0, {n}) for classes {list(classes)}")
+    present = np.unique(y_true)
+    return {
+        "wa": float(accuracy_score(y_true, y_pred)),
+        "ua": float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=list(range(n))).tolist(),
+        "classes": list(classes),
+        "count": int(y_true.size),
+    }

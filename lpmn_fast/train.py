@@ -1,0 +1,143 @@
+"""lpmn-train: train LPMN and the AP/MP baselines for speech emotion recognition.
+
+    lpmn-train --data synthetic --head lpmn,ap,mp       # the demo: all three heads, side by side
+    lpmn-train --backbone hubert --hubert-path DIR --data iemocap --data-dir IEMOCAP_full_release
+    lpmn-train --config run.yaml --epochs 5              # file first, flags override
+
+Every flag is a field of lpmn_fast.training.TrainConfig (the YAML/JSON file uses the field names
+with underscores). Outputs per head in the run directory: metrics.json, confusion.png,
+curves.png, config.yaml and checkpoints/; with several heads, also summary.md and summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import textwrap
+import time
+import types
+import typing
+from pathlib import Path
+
+from .data.atomic import write_text_atomic
+from .training.config import (
+    FBANK_DEMO_DEFAULTS, PAPER_DEFAULTS, TrainConfig, load_config_file, make_config, resolve,
+)
+from .training.loop import train
+
+def _describe(defaults: dict) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in defaults.items())
+
+
+_EPILOG = textwrap.fill(
+    "Backbone-dependent defaults: the paper's for --backbone hubert (section 4.1: Adam, "
+    f"{_describe(PAPER_DEFAULTS)}); faster demo values for --backbone fbank ({_describe(FBANK_DEMO_DEFAULTS)}), "
+    "tuned on the synthetic corpus so that the three-head comparison runs on a CPU in minutes. The best epoch is "
+    "chosen on the validation split by --select-metric (default UA); the test split is evaluated once, on that "
+    "checkpoint.", 100)
+
+
+def _flag_type(annotation):
+    """(argparse kwargs) for a TrainConfig field annotation."""
+    hint = eval(annotation, vars(typing) | {"types": types}) if isinstance(annotation, str) else annotation
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if args and typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+    if base is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(base) is list:
+        return {"nargs": "*", "type": typing.get_args(base)[0]}
+    return {"type": base}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lpmn-train", description=__doc__, epilog=_EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="YAML or JSON file of config fields; flags given here override it")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        default = getattr(defaults, f.name)
+        text = f.metadata["help"]
+        if "default" not in text:  # fields whose help explains a computed default say so themselves
+            text += f" (default: {default})"
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS, help=text,
+                            **_flag_type(f.type))
+    return parser
+
+
+def config_from_args(argv: list[str] | None = None) -> tuple[dict, list[str]]:
+    """Fields from the --config file overridden by the flags, and the list of heads to train."""
+    args = vars(build_parser().parse_args(argv))
+    fields = load_config_file(args.pop("config")) if args.get("config") else {}
+    args.pop("config", None)
+    fields.update(args)
+    heads = [h.strip() for h in str(fields.get("head", TrainConfig().head)).split(",") if h.strip()]
+    return fields, heads
+
+
+def format_table(results: list[dict]) -> str:
+    """Markdown table: one row per model (LPMN-K, LPMN-K-K', AP, MP), test WA/UA/F1."""
+    rows = []
+    for r in results:
+        rows.append((r["name"], r["test"]))
+        if "probe" in r:
+            rows.append((r["probe"]["name"], r["probe"]["test"]))
+    lines = ["| model | WA | UA | macro F1 | weighted F1 |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {m['wa']:.2%} | {m['ua']:.2%} | {m['macro_f1']:.2%} | {m['weighted_f1']:.2%} |"
+              for name, m in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        fields, heads = config_from_args(argv)
+        if len(heads) > 1:
+            base = resolve(make_config(**{**fields, "head": heads[0]}))
+            root = Path(fields.get("run_dir") or
+                        Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{base.data}-{base.backbone}")
+            configs = [make_config(**{**fields, "head": h, "run_dir": str(root / h)}) for h in heads]
+            # --resume continues the heads that have a checkpoint and starts those that never got one.
+            configs = [dataclasses.replace(c, resume=c.resume and (Path(c.run_dir) / "checkpoints" / "last.json")
+                                           .is_file()) for c in configs]
+        else:
+            root = None
+            configs = [make_config(**{**fields, "head": heads[0] if heads else "lpmn"})]
+        for config in configs:
+            resolve(config)  # every error before any training starts
+    except (ValueError, FileNotFoundError) as error:
+        print(f"lpmn-train: error: {error}", file=sys.stderr)
+        return 2
+
+    results = []
+    for config in configs:
+        print(f"== training head {config.head} ==", file=sys.stderr)
+        try:
+            result = train(config)
+        except (ValueError, FileNotFoundError, FileExistsError) as error:
+            print(f"lpmn-train: error: {error}", file=sys.stderr)
+            return 2
+        if result.get("interrupted"):
+            print(f"stopped after step {result['step']} as asked; continue with the same flags plus --resume "
+                  f"--run-dir {root or result['run_dir']}", file=sys.stderr)
+            return 0
+        results.append(result)
+        print(f"{config.head}: results in {result['config']['run_dir']} ({result['seconds']} s)", file=sys.stderr)
+
+    table = format_table(results)
+    protocol = results[0]["protocol"]
+    print(f"\nTest split, {protocol['protocol']}: train {protocol['train']}, valid {protocol['valid']}, "
+          f"test {protocol['test']} utterances; best epoch chosen on valid {results[0]['select_metric']}.\n")
+    print(table)
+    if root is not None:
+        write_text_atomic(root / "summary.md", table + "\n")
+        write_text_atomic(root / "summary.json", json.dumps(
+            [{k: r[k] for k in ("name", "head", "test", "valid", "best_epoch", "protocol")} |
+             ({"probe": {k: r["probe"][k] for k in ("name", "top_k", "test", "valid")}} if "probe" in r else {})
+             for r in results], indent=1))
+        print(f"\nsummary: {root / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""Training configuration: one dataclass, filled from defaults, a YAML/JSON file and the CLI.
+
+Fields left at ``None`` take the backbone's defaults in :func:`resolve`: the paper's (section
+4.1: Adam, lr 1e-4, batch 128, 50 epochs, K = 1024) for ``hubert``, and faster demo defaults for
+``fbank`` (tuned on the synthetic corpus so the three-head comparison runs on a CPU in minutes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..models.heads import HEADS
+from ..ops.validation import BACKENDS
+from ..protocol.splits import SPLITS
+
+DATASETS = ("synthetic", "iemocap")
+BACKBONES = ("fbank", "hubert")
+METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
+
+# Backbone-dependent defaults for fields left at None.
+PAPER_DEFAULTS = {"lr": 1e-4, "batch_size": 128, "epochs": 50, "num_prototypes": 1024, "tau": 1.0,
+                  "quant_weight": 1.0}
+FBANK_DEMO_DEFAULTS = {"lr": 2e-3, "batch_size": 32, "epochs": 20, "num_prototypes": 256, "tau": 0.05,
+                       "quant_weight": 0.1}
+
+
+def _f(default, help: str, factory=None):
+    """A field with its --help text; ``factory`` computes a default at construction."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _by_backbone(name: str) -> str:
+    return f"hubert (paper) {PAPER_DEFAULTS[name]:g}, fbank (demo) {FBANK_DEMO_DEFAULTS[name]:g}"
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("LPMN_FAST_CACHE", str(Path.home() / ".cache" / "lpmn_fast"))
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = _f("synthetic", f"corpus: one of {DATASETS}; 'synthetic' is generated on first use")
+    data_dir: str | None = _f(None, "corpus root: IEMOCAP_full_release for iemocap (required); for synthetic, "
+                                    "where to generate it (default: "
+                                    "CACHE_DIR/synthetic/u<size>-d<difficulty>-seed<seed>)")
+    synthetic_utterances_per_speaker: int = _f(100, "synthetic corpus size: utterances per speaker (10 speakers)")
+    synthetic_seed: int = _f(0, "seed of the synthetic corpus generator")
+    synthetic_difficulty: float = _f(0.5, "synthetic corpus difficulty in [0, 1]: weaker emotional segments and "
+                                          "more per-utterance nuisance as it grows")
+    split: str = _f("loso-speaker", f"protocol, one of {SPLITS}: 'loso' = the paper's leave-one-session-out "
+                                    "(validate and test on the held-out session); 'loso-speaker' = validate on one "
+                                    "speaker of the held-out session, test on the other")
+    test_session: int = _f(5, "held-out session (the fold), 1-based")
+    cache_dir: str = _f(None, "root of the feature and synthetic-corpus caches (default: "
+                                             "$LPMN_FAST_CACHE, else ~/.cache/lpmn_fast)", default_cache_dir)
+    cache_features: bool = _f(True, "cache the frozen backbone part (fbank, or HuBERT below the first fine-tuned "
+                                    "block) on disk once and train from it (exact); off: recompute every step")
+    # model
+    backbone: str = _f("fbank", f"frame features, one of {BACKBONES}: 'fbank' = Kaldi log-mel + small conv encoder "
+                                "(CPU demo), 'hubert' = pretrained HuBERT from --hubert-path")
+    hubert_path: str | None = _f(None, "local directory (or hub name) of a transformers HubertModel, e.g. saved by "
+                                        "HubertModel.save_pretrained; needed by --backbone hubert")
+    hubert_layers: int = _f(19, "keep the first N transformer blocks (paper: 19 of HuBERT-large's 24)")
+    hubert_finetune_layers: list[int] = _f(None, "1-based blocks to fine-tune, the rest frozen "
+                                                                 "(paper: 18 19; empty: all frozen)", lambda: [18, 19])
+    fbank_mel_bins: int = _f(40, "fbank backbone: mel bins of the Kaldi filterbank (20 ms shift, 25 ms window)")
+    encoder_hidden: int = _f(64, "fbank backbone: channels of the conv frame encoder")
+    encoder_layers: int = _f(2, "fbank backbone: conv layers of the frame encoder")
+    encoder_kernel: int = _f(5, "fbank backbone: conv kernel size (odd, in frames)")
+    dropout: float = _f(0.1, "fbank backbone: dropout after each conv layer")
+    head: str = _f("lpmn", f"utterance head, one of {HEADS}: 'lpmn' (prototype MIL), 'ap'/'mp' (average/max "
+                           "pooling baselines); the CLI also takes a comma list to train each and compare")
+    num_prototypes: int | None = _f(None, "K, prototypes of the LPMN codebook; "
+                                          f"default {_by_backbone('num_prototypes')}")
+    tau: float | None = _f(None, f"softmax temperature over prototypes, eq. (2); default {_by_backbone('tau')}")
+    quant_weight: float | None = _f(None, "weight of the quantization loss, eq. (1), added to the cross-entropy; "
+                                          f"default {_by_backbone('quant_weight')}")
+    fisher_momentum: float = _f(0.99, "EMA momentum of the Fisher importance, eq. (4)")
+    dead_patience: int = _f(100, "restart a prototype from a random training frame after this many steps without "
+                                 "being any frame's nearest prototype (0: never)")
+    kmeans_frames: int = _f(20000, "frames sampled from the training set for the k-means codebook initialisation")
+    top_k: int = _f(60, "K', prototypes kept by Fisher importance for linear probing (section 3.3); must be <= K")
+    probe_epochs: int = _f(30, "epochs of linear probing of the fresh classifier on the top-K' prototypes (0: skip)")
+    probe_lr: float = _f(1e-2, "learning rate of linear probing")
+    kernel: str = _f("auto", f"prototype-MIL op backend, one of {BACKENDS}: fused Triton kernels, PyTorch "
+                             "reference, or auto (Triton on CUDA when available)")
+    # optimisation
+    lr: float | None = _f(None, f"Adam learning rate; default {_by_backbone('lr')}")
+    batch_size: int | None = _f(None, f"utterances per batch; default {_by_backbone('batch_size')}")
+    epochs: int | None = _f(None, f"training epochs; default {_by_backbone('epochs')}")
+    weight_decay: float = _f(0.0, "Adam weight decay")
+    seed: int = _f(0, "seed of initialisation, batch order and dropout")
+    select_metric: str = _f("ua", f"validation metric that picks the best epoch, one of {METRICS}")
+    device: str = _f("auto", "torch device ('auto': cuda if available, else cpu)")
+    threads: int | None = _f(None, "torch CPU threads; default: torch's choice (one per core); 1 avoids a large "
+                                   "slowdown when other jobs share the cores")
+    # run
+    run_dir: str | None = _f(None, "output directory; default runs/<date-time>-<data>-<backbone>-<head> (several "
+                                    "heads: runs/<date-time>-<data>-<backbone>/<head>)")
+    checkpoint_every: int = _f(50, "also checkpoint every N optimizer steps (besides every epoch)")
+    resume: bool = _f(False, "continue the interrupted run in run_dir from its last checkpoint")
+    stop_after_steps: int | None = _f(None, "stop abruptly after this many optimizer steps in total, as if "
+                                            "killed (no extra checkpoint); to test --resume (default: never)")
+    progress: bool = _f(True, "show progress bars")
+
+
+# Fields that may differ between an interrupted run and its resumption.
+RUN_CONTROL = ("resume", "stop_after_steps", "progress", "device", "threads")
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Fill backbone-dependent defaults and check every field; raise ValueError naming a bad one."""
+    c = dataclasses.replace(config)
+    defaults = PAPER_DEFAULTS if c.backbone == "hubert" else FBANK_DEMO_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(c, name) is None:
+            setattr(c, name, value)
+    if c.resume and c.run_dir is None:
+        raise ValueError("resume needs run_dir (--run-dir): the directory of the run to continue")
+    if c.run_dir is None:
+        c.run_dir = str(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{c.data}-{c.backbone}-{c.head}")
+    _check(c)
+    return c
+
+
+def _check(c: TrainConfig) -> None:
+    def need(ok: bool, message: str):
+        if not ok:
+            raise ValueError(message)
+
+    need(c.data in DATASETS, f"unknown data {c.data!r}; choose one of {DATASETS}")
+    need(c.data != "iemocap" or c.data_dir is not None, "data 'iemocap' needs data_dir (--data-dir), the "
+                                                         "IEMOCAP_full_release directory")
+    need(c.backbone in BACKBONES, f"unknown backbone {c.backbone!r}; choose one of {BACKBONES}")
+    need(c.head in HEADS, f"unknown head {c.head!r}; choose one of {HEADS}")
+    need(c.split in SPLITS, f"unknown split {c.split!r}; choose one of {SPLITS}")
+    need(c.kernel in BACKENDS, f"unknown kernel {c.kernel!r}; choose one of {BACKENDS}")
+    need(c.select_metric in METRICS, f"unknown select_metric {c.select_metric!r}; choose one of {METRICS}")
+    need(c.backbone != "hubert" or c.hubert_path, "backbone 'hubert' needs hubert_path (--hubert-path)")
+    need(c.num_prototypes >= 1, f"num_prototypes (K) must be >= 1, got {c.num_prototypes}")
+    need(1 <= c.top_k <= c.num_prototypes,
+         f"top_k (K' = {c.top_k}) must be in [1, num_prototypes K = {c.num_prototypes}]")
+    need(c.tau > 0, f"tau must be > 0, got {c.tau}")
+    need(c.lr > 0 and c.batch_size >= 1 and c.epochs >= 1,
+         f"need lr > 0, batch_size >= 1, epochs >= 1; got {c.lr}, {c.batch_size}, {c.epochs}")
+    need(c.quant_weight >= 0, f"quant_weight must be >= 0, got {c.quant_weight}")
+    need(c.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {c.checkpoint_every}")
+    need(c.dead_patience >= 0 and c.probe_epochs >= 0, "dead_patience and probe_epochs must be >= 0")
+    need(c.synthetic_utterances_per_speaker >= 1, "synthetic_utterances_per_speaker must be >= 1")
+    need(0 <= c.synthetic_difficulty <= 1, f"synthetic_difficulty must be in [0, 1], got {c.synthetic_difficulty}")
+    need(c.threads is None or c.threads >= 1, f"threads must be >= 1, got {c.threads}")
+    need(c.stop_after_steps is None or c.stop_after_steps >= 1, "stop_after_steps must be >= 1")
+
+
+def config_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def load_config_file(path: str | os.PathLike) -> dict:
+    """A YAML or JSON mapping of TrainConfig fields (unknown keys are an error)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of fields, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown} in config file {path}; known fields: {sorted(known)}")
+    return data
+
+
+def make_config(**fields) -> TrainConfig:
+    """TrainConfig from keyword fields, with a clear error for an unknown one."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
+    return TrainConfig(**fields)

@@ -1,0 +1,206 @@
+"""``train(config) -> results``: one training run, top to bottom.
+
+config -> data (corpus, split, cached frozen features) -> model (+ k-means codebook) -> loop
+(Adam steps, dead-prototype restarts, checkpoints every N steps and every epoch, per-epoch
+validation, best checkpoint on the validation metric) -> evaluation of the best checkpoint on
+the test split -> for LPMN, prototype selection + linear probing -> outputs in the run directory.
+
+Resumption replays exactly: the batch order is a function of (seed, epoch), restarts draw from
+a generator seeded by (seed, step), and the checkpoint holds model, optimizer and RNG states.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from ..data.atomic import write_text_atomic
+from ..protocol import make_split
+from .batching import epoch_order, iterate_batches, num_batches
+from .build import build_backbone_from_config, build_model, build_optimizer, pick_device
+from .checkpoint import load_checkpoint, load_model_state, read_checkpoint_json, restore_rng, save_checkpoint
+from .config import RUN_CONTROL, TrainConfig, config_dict, resolve
+from .corpus import load_corpus
+from .features import OnTheFlyFeatures, cache_features
+from .plots import plot_confusion, plot_curves
+from .probe import linear_probe
+from .steps import LabelledSet, evaluate, init_codebook, lpmn_layer, restart_dead_prototypes, train_step
+
+
+def _labelled_set(backbone, utterances, classes, c, desc: str) -> LabelledSet:
+    if c.cache_features:
+        features = cache_features(backbone, utterances, c.cache_dir, progress=c.progress, desc=desc)
+    else:
+        features = OnTheFlyFeatures(backbone, utterances)
+    labels = torch.tensor([classes.index(u.label) for u in utterances], dtype=torch.int64)
+    return LabelledSet(features, labels, tuple(u.utt_id for u in utterances))
+
+
+def _same_run(saved: dict, current: dict) -> list[str]:
+    return [k for k in current if k not in RUN_CONTROL and saved.get(k) != current[k]]
+
+
+def _dump(path: Path, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1))
+
+
+@contextmanager
+def _torch_settings(threads: int | None):
+    """Deterministic algorithms while training (CPU index_put with accumulate, used by the
+    quantization loss's backward, otherwise sums in a thread-dependent order), so that a resumed
+    run replays an uninterrupted one bit for bit on CPU; and the requested CPU thread count."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.get_num_threads())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.set_num_threads(previous[2])
+
+
+def train(config: TrainConfig) -> dict:
+    """Train one model as ``config`` says; return (and write to run_dir/metrics.json) its results.
+
+    An interrupted run (``stop_after_steps``) returns ``{"interrupted": True, ...}``.
+    """
+    c = resolve(config)
+    with _torch_settings(c.threads):
+        return _train(c)
+
+
+def _train(c: TrainConfig) -> dict:
+    # ---- config ---------------------------------------------------------------------------
+    cfg = config_dict(c)
+    run_dir = Path(c.run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    device = pick_device(c.device)
+    started = time.perf_counter()
+    last = read_checkpoint_json(ckpt_dir, "last")
+    if c.resume and last is None:
+        raise FileNotFoundError(f"--resume: no checkpoint to resume in {ckpt_dir} (checkpoints/last.json missing)")
+    if not c.resume and last is not None:
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another "
+                              "--run-dir")
+    if last is not None and (changed := _same_run(last["config"], cfg)):
+        raise ValueError(f"cannot resume {run_dir}: config differs from the saved run in {changed}")
+    torch.manual_seed(c.seed)
+
+    # ---- data -----------------------------------------------------------------------------
+    corpus = load_corpus(c)
+    split = make_split(c.split, corpus.utterances, c.test_session)
+    classes = list(corpus.classes)
+    backbone = build_backbone_from_config(c)
+    sets = {name: _labelled_set(backbone, utts, classes, c, f"features ({name})")
+            for name, utts in (("train", split.train), ("valid", split.valid), ("test", split.test))}
+
+    # ---- model ----------------------------------------------------------------------------
+    model = build_model(c, len(classes), backbone).to(device)
+    optimizer = build_optimizer(c, model)
+    run = {"epoch": 0, "step": 0, "step_in_epoch": 0, "epoch_loss": 0.0, "epoch_ce": 0.0, "restarts": 0,
+           "best": None, "history": [], "kmeans_frames": None}
+    if last is not None:
+        meta, model_state, optim_state, rng = load_checkpoint(ckpt_dir, "last")
+        load_model_state(model, model_state)
+        optimizer.load_state_dict(optim_state)
+        restore_rng(rng)
+        run = meta["run"]
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if lpmn_layer(model) is not None:
+            run["kmeans_frames"] = init_codebook(model, sets["train"], c.kmeans_frames, c.batch_size, c.seed, device)
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+
+    def checkpoint(name: str = "last") -> None:
+        # "best" is only ever evaluated, never resumed from: no optimizer state.
+        save_checkpoint(ckpt_dir, name, model.persistent_state(), optimizer if name == "last" else None,
+                        {"config": cfg, "run": run}, run["step"])
+
+    # ---- loop -----------------------------------------------------------------------------
+    steps_per_epoch = num_batches(len(sets["train"].labels), c.batch_size)
+    while run["epoch"] < c.epochs:
+        epoch = run["epoch"]
+        order = epoch_order(len(sets["train"].labels), c.seed, epoch)
+        bar = tqdm(iterate_batches(sets["train"].features, sets["train"].labels, order, c.batch_size,
+                                   start=run["step_in_epoch"]),
+                   total=steps_per_epoch, initial=run["step_in_epoch"], desc=f"epoch {epoch + 1}/{c.epochs}",
+                   unit="batch", disable=not c.progress, leave=False)
+        for batch in bar:
+            result = train_step(model, batch.to(device), optimizer)
+            run["step"] += 1
+            run["step_in_epoch"] += 1
+            run["epoch_loss"] += result.loss
+            run["epoch_ce"] += result.ce
+            generator = torch.Generator(device=device).manual_seed(c.seed * 1_000_003 + run["step"])
+            run["restarts"] += restart_dead_prototypes(model, optimizer, result, c.dead_patience, generator)
+            bar.set_postfix(loss=f"{result.loss:.3f}")
+            if run["step"] % c.checkpoint_every == 0:
+                checkpoint()
+            if c.stop_after_steps is not None and run["step"] >= c.stop_after_steps:
+                bar.close()  # abruptly, as a kill would: no checkpoint beyond the periodic ones
+                return {"interrupted": True, "step": run["step"], "epoch": epoch, "run_dir": str(run_dir)}
+
+        valid = evaluate(model, sets["valid"], classes, c.batch_size, device)
+        run["history"].append({"epoch": epoch + 1, "step": run["step"],
+                               "train_loss": run["epoch_loss"] / steps_per_epoch,
+                               "train_ce": run["epoch_ce"] / steps_per_epoch,
+                               "valid_loss": valid["loss"], "valid": valid})
+        improved = run["best"] is None or valid[c.select_metric] > run["best"]["value"]
+        if improved:
+            run["best"] = {"epoch": epoch + 1, "step": run["step"], "value": valid[c.select_metric]}
+        if c.progress:
+            tqdm.write(f"epoch {epoch + 1}: train loss {run['history'][-1]['train_loss']:.4f} | valid WA "
+                       f"{valid['wa']:.4f} UA {valid['ua']:.4f} F1 {valid['macro_f1']:.4f}"
+                       + (" (best)" if improved else ""))
+        run.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss=0.0, epoch_ce=0.0)
+        if improved:
+            checkpoint("best")
+        checkpoint()
+
+    # ---- evaluation of the best checkpoint ---------------------------------------------------
+    _, best_state, _, _ = load_checkpoint(ckpt_dir, "best")
+    load_model_state(model, best_state)
+    results = {
+        "head": c.head, "name": _display_name(c), "protocol": split.describe(),
+        "corpus": {"root": str(corpus.root), "counts": corpus.counts, "warnings": list(corpus.warnings)},
+        "select_metric": c.select_metric, "best_epoch": run["best"]["epoch"], "steps": run["step"],
+        "prototype_restarts": run["restarts"], "kmeans_frames": run["kmeans_frames"],
+        "valid": evaluate(model, sets["valid"], classes, c.batch_size, device),
+        "test": evaluate(model, sets["test"], classes, c.batch_size, device),
+    }
+    matrices = {results["name"]: results["test"]["confusion_matrix"]}
+
+    # ---- prototype selection + linear probing (LPMN, section 3.3) -----------------------------
+    if lpmn_layer(model) is not None and c.probe_epochs > 0:
+        probe_results, probe = linear_probe(model, sets, classes, top_k=c.top_k, epochs=c.probe_epochs,
+                                            lr=c.probe_lr, batch_size=c.batch_size, seed=c.seed,
+                                            select_metric=c.select_metric, device=device)
+        probe_results["name"] = f"{results['name']}-{c.top_k}"
+        results["probe"] = probe_results
+        head_state = {f"head.{k}": v for k, v in probe.head.state_dict().items()}
+        save_checkpoint(ckpt_dir, "probe", head_state, None, {"config": cfg, "top_k": c.top_k}, run["step"])
+        matrices[probe_results["name"]] = probe_results["test"]["confusion_matrix"]
+
+    # ---- outputs ----------------------------------------------------------------------------
+    results["history"] = run["history"]
+    results["config"] = cfg
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    _dump(run_dir / "metrics.json", results)
+    plot_confusion(matrices, classes, run_dir / "confusion.png")
+    plot_curves(run["history"], c.select_metric, run_dir / "curves.png")
+    return results
+
+
+def _display_name(c: TrainConfig) -> str:
+    return f"LPMN-{c.num_prototypes}" if c.head == "lpmn" else c.head.upper()
+
+
+__all__ = ["train"]
