@@ -83,3 +83,16 @@ def test_write_replaces_an_existing_file_and_creates_folders(tmp_path):
     info = soundfile.info(path)
     assert (info.frames, info.samplerate) == (50, 8000)
     assert [p.name for p in path.parent.iterdir()] == ["x.wav"]
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+    import stat
+
+    from lpmn_fast.data.atomic import write_text_atomic
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    written = tmp_path / "atomic.txt"
+    write_text_atomic(written, "x")
+    assert stat.S_IMODE(os.stat(written).st_mode) == stat.S_IMODE(os.stat(plain).st_mode)
