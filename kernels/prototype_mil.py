@@ -136,7 +136,10 @@ def _cosine_tile(
     return acc * inv_x[:, None] * inv_p[None, :]
 
 
-@triton.autotune(configs=FWD_CONFIGS, key=["K", "C", "DOT_PRECISION"], prune_configs_by=FWD_PRUNE)
+# reset_to_zero: autotuning launches every config many times into the same keys, and an atomic max
+# keeps the largest of their (differently rounded) keys unless keys are zeroed before each launch.
+@triton.autotune(configs=FWD_CONFIGS, key=["K", "C", "DOT_PRECISION"], prune_configs_by=FWD_PRUNE,
+                 reset_to_zero=["keys_ptr"])
 @triton.jit
 def _prototype_mil_fwd(
     x_ptr,

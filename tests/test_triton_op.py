@@ -317,6 +317,39 @@ def test_deterministic_mode_is_bit_identical(monkeypatch):
         prototype_mil(x, p, lengths, backend="triton", deterministic=1)
 
 
+def test_forward_autotuning_leaves_no_stale_maxima(monkeypatch):
+    # On a GPU the first call per tuning key benchmarks every config (many launches each) into the
+    # same zero-initialised keys before the real launch; the atomic max keeps the largest key any of
+    # them wrote, so unless keys are reset before every launch the result is the max over all the
+    # configs' roundings, not the chosen config's. The interpreter has one config and never
+    # benchmarks: a two-config tuner over the same kernel and reset list reproduces it, the slower
+    # config's run bumping every stored s by one ulp (what a different summation order may do).
+    import triton
+
+    fwd = kernels._prototype_mil_fwd
+    x, p, lengths, _ = make_inputs((3, 23, 33, 37), seed=13)
+    clean = triton_op.prototype_mil_forward(x, p, lengths, 0.5)
+
+    seen = []
+    benched = []
+
+    def bench(kernel_call, quantiles):
+        kernel_call()
+        benched.append(None)
+        if len(benched) == 2:  # the second (slower) config left its keys one ulp higher
+            seen[-1].add_(1 << 32)
+        return [float(len(benched))] * 3
+
+    blocks = dict(fwd.configs[0].kwargs)
+    configs = [triton.Config(dict(blocks)), triton.Config(dict(blocks), pre_hook=lambda a: seen.append(a["keys_ptr"]))]
+    tuner = triton.autotune(configs, key=["K"], reset_to_zero=list(fwd.reset_to_zero) or None, do_bench=bench)(fwd.fn)
+    monkeypatch.setattr(kernels, "_prototype_mil_fwd", tuner)
+    tuned = triton_op.prototype_mil_forward(x, p, lengths, 0.5)
+    assert len(benched) == 2 and tuner.best_config is configs[0]
+    for u, v in zip(clean, tuned):
+        assert torch.equal(u, v)
+
+
 POISON = {torch.float32: float("nan"), torch.bfloat16: float("nan"), torch.int64: -(2**40) + 7}
 GUARD = 4096  # elements each side: more than one tile row-block of overrun
 
