@@ -20,6 +20,7 @@ keeps the op as one opaque node, including the Fisher accumulator the backward m
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -31,7 +32,7 @@ from .output import PrototypeMILOutput
 from .reference import EPS
 
 # Rows per backward chunk: R * (K + C) <= 2**23 elements, so the dcos tile (R, K) and the gathered
-# unit frames (R, C) take at most 32 MB in fp32 whatever B and T are.
+# unit frames (R, C) take at most 32 MB (fp32; half that for bf16 dcos) whatever B and T are.
 CHUNK_ELEMENTS = 1 << 23
 
 
@@ -72,16 +73,28 @@ def _gemm_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype == torch.float32 else torch.bfloat16
 
 
+@functools.cache
+def _mm_has_out_dtype(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch.mm(a, b, out_dtype=torch.float32) works for ``dtype`` operands on ``device``.
+
+    Probed once per (device, dtype), so that a real error of a later call (out of memory, a CUDA
+    fault) is raised, never mistaken for a missing feature.
+    """
+    probe = torch.ones(1, 1, dtype=dtype, device=device)
+    try:
+        return torch.mm(probe, probe, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+
+
 def _mm_f32(a: Tensor, b: Tensor) -> Tensor:
     """a @ b with fp32 accumulation and an fp32 result, the operands in their own dtype."""
     if a.dtype == torch.float32:
         return a @ b
-    if a.is_cuda:
-        try:
-            return torch.mm(a, b, out_dtype=torch.float32)
-        except (TypeError, RuntimeError):  # torch without mm(..., out_dtype=)
-            return torch.mm(a, b).float()
-    # CPU (the interpreter's tests): products of bfloat16 operands are exact in fp32, like cuBLAS's.
+    if a.is_cuda and _mm_has_out_dtype(a.device, a.dtype):
+        return torch.mm(a, b, out_dtype=torch.float32)
+    # Without out_dtype (and on the CPU, for the interpreter's tests): fp32 operands. Products of
+    # bfloat16 values are exact in fp32, so this equals cuBLAS's fp32-accumulated bf16 GEMM.
     return a.float() @ b.float()
 
 
