@@ -50,3 +50,56 @@ def write_tiny_corpus(root: Path, sessions: int = 3, per_speaker: int = 4, seed:
                 soundfile.write(path, wave.astype(np.float32), 16000)
                 utterances.append(Utterance(f"{speaker}_{i:03d}", path, label, s, speaker))
     return Corpus(root, tuple(utterances), IEMOCAP_CLASSES)
+
+
+def _tone(rng, label_index: int, seconds: float) -> np.ndarray:
+    t = np.arange(int(16000 * seconds)) / 16000
+    wave = 0.3 * np.sin(2 * np.pi * 200 * (1 + label_index) * t) + 0.02 * rng.standard_normal(t.size)
+    return wave.astype(np.float32)
+
+
+def write_fake_iemocap(root: Path, sessions: int = 3, per_speaker: int = 4, seed: int = 0) -> Path:
+    """An IEMOCAP_full_release-style tree: SessionN/dialog/EmoEvaluation/<dialog>.txt label lines
+    (with the evaluator lines around them and an xxx and a fru utterance that the 4-class set drops)
+    and SessionN/sentences/wav/<dialog>/<utt>.wav tones (one pitch per class). Per speaker,
+    ``per_speaker`` kept utterances whose labels cycle through neu, hap, ang, sad, exc."""
+    rng = np.random.default_rng(seed)
+    codes = ("neu", "hap", "ang", "sad", "exc")
+    index = {"neu": 0, "hap": 1, "exc": 1, "ang": 2, "sad": 3}
+    for s in range(1, sessions + 1):
+        dialog = f"Ses{s:02d}F_impro01"
+        label_dir = root / f"Session{s}" / "dialog" / "EmoEvaluation"
+        wav_dir = root / f"Session{s}" / "sentences" / "wav" / dialog
+        label_dir.mkdir(parents=True, exist_ok=True)
+        wav_dir.mkdir(parents=True, exist_ok=True)
+        lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
+        entries = [(f"{g}{i:03d}", codes[i % len(codes)]) for g in "FM" for i in range(per_speaker)]
+        entries += [("F900", "xxx"), ("M900", "fru")]
+        for n, (suffix, code) in enumerate(entries):
+            utt = f"{dialog}_{suffix}"
+            lines += [f"[{2.0 * n:.4f} - {2.0 * n + 1.5:.4f}]\t{utt}\t{code}\t[2.5000, 3.0000, 3.0000]",
+                      "C-E1:\tNeutral;\t()", "A-E1:\tval 3; act 3; dom  3;\t()", ""]
+            label = index.get(code, 0)
+            soundfile.write(wav_dir / f"{utt}.wav", _tone(rng, label, rng.uniform(0.4, 0.8)), 16000, subtype="PCM_16")
+        (label_dir / f"{dialog}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_fake_mer2023(root: Path, per_class: int = 6, seed: int = 0) -> tuple[Path, Path]:
+    """A MER2023-style release: train-label.csv (name, discrete in the release's spellings, valence)
+    and wav/<name>.wav tones, one pitch per class; valence depends on the class plus noise.
+    Returns (label CSV, WAV folder)."""
+    rng = np.random.default_rng(seed)
+    spellings = ("neutral", "angry", "happy", "sad", "worried", "surprise")  # the six MER2023 classes
+    class_valence = (0.0, -2.5, 2.5, -2.0, -1.0, 1.0)
+    wav_dir = root / "wav"
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    rows = ["name,discrete,valence"]
+    for i in range(per_class * len(spellings)):
+        c = i % len(spellings)
+        name = f"sample_{i:08d}"
+        soundfile.write(wav_dir / f"{name}.wav", _tone(rng, c, rng.uniform(0.4, 0.8)), 16000, subtype="PCM_16")
+        rows.append(f"{name},{spellings[c]},{class_valence[c] + rng.normal(0, 0.3):.3f}")
+    label_csv = root / "train-label.csv"
+    label_csv.write_text("\n".join(rows) + "\n")
+    return label_csv, wav_dir

@@ -15,22 +15,49 @@ HEADS = ("lpmn", "ap", "mp")
 
 class HeadOutput(NamedTuple):
     """logits (B, classes); aux_loss: scalar added to the cross-entropy (0 for AP/MP);
-    nearest (B, T) prototype of each frame (-1 on padding), None for AP/MP."""
+    nearest (B, T) prototype of each frame (-1 on padding), None for AP/MP; valence (B,)
+    regressed valence, None without a valence regressor."""
 
     logits: torch.Tensor
     aux_loss: torch.Tensor
     nearest: torch.Tensor | None
+    valence: torch.Tensor | None = None
+
+
+class _Regression(nn.Module):
+    """The valence regressor beside a head's classifier (MER2023): a linear map of the same pooled
+    vector, trained with ``loss_weight`` x MSE added to the cross-entropy. Heads hold None instead
+    when the weight is 0."""
+
+    def __init__(self, dim: int, weight: float):
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f"valence_weight must be >= 0, got {weight}")
+        self.loss_weight = float(weight)
+        self.linear = nn.Linear(dim, 1)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.linear(pooled).squeeze(-1)
+
+
+def _regressor(dim: int, valence_weight: float) -> _Regression | None:
+    return _Regression(dim, valence_weight) if valence_weight else None
+
+
+def _regress(regressor: _Regression | None, pooled: torch.Tensor) -> torch.Tensor | None:
+    return None if regressor is None else regressor(pooled)
 
 
 class PoolingHead(nn.Module):
     """Average (``ap``) or max (``mp``) pooling over valid frames + linear classifier (Table 2 baselines)."""
 
-    def __init__(self, dim: int, num_classes: int, mode: str):
+    def __init__(self, dim: int, num_classes: int, mode: str, valence_weight: float = 0.0):
         super().__init__()
         if mode not in ("ap", "mp"):
             raise ValueError(f"pooling mode must be 'ap' or 'mp', got {mode!r}")
         self.mode = mode
         self.classifier = nn.Linear(dim, num_classes)
+        self.valence = _regressor(dim, valence_weight)
 
     def pool(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x: (B, T, C) -> (B, C) over valid frames only."""
@@ -40,7 +67,8 @@ class PoolingHead(nn.Module):
         return x.masked_fill(~valid, float("-inf")).amax(1)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> HeadOutput:
-        return HeadOutput(self.classifier(self.pool(x, lengths)), x.new_zeros(()), None)
+        pooled = self.pool(x, lengths)
+        return HeadOutput(self.classifier(pooled), x.new_zeros(()), None, _regress(self.valence, pooled))
 
 
 class LPMNHead(nn.Module):
@@ -52,10 +80,12 @@ class LPMNHead(nn.Module):
     """
 
     def __init__(self, dim: int, num_classes: int, num_prototypes: int, tau: float = 1.0,
-                 kernel: str = "auto", quant_weight: float = 1.0, fisher_momentum: float = 0.99):
+                 kernel: str = "auto", quant_weight: float = 1.0, fisher_momentum: float = 0.99,
+                 valence_weight: float = 0.0):
         super().__init__()
         self.mil = PrototypeMIL(num_prototypes, dim, tau=tau, kernel=kernel, fisher_momentum=fisher_momentum)
         self.classifier = nn.Linear(num_prototypes, num_classes)
+        self.valence = _regressor(num_prototypes, valence_weight)
         self.quant_weight = float(quant_weight)
         self.register_buffer("idle_steps", torch.zeros(num_prototypes, dtype=torch.int64))
 
@@ -68,7 +98,7 @@ class LPMNHead(nn.Module):
             used = torch.zeros_like(self.idle_steps, dtype=torch.bool)
             used[out.nearest[out.nearest >= 0]] = True
             self.idle_steps.add_(1).masked_fill_(used, 0)
-        return HeadOutput(self.classifier(out.pooled), aux, out.nearest)
+        return HeadOutput(self.classifier(out.pooled), aux, out.nearest, _regress(self.valence, out.pooled))
 
     @torch.no_grad()
     def restart_dead(self, frames: torch.Tensor, patience: int, generator: torch.Generator) -> torch.Tensor:
@@ -90,7 +120,8 @@ class ProbeHead(nn.Module):
     holding the top-K' prototypes and a fresh, trainable classifier. ``selected`` (K',) records
     which prototypes of the full codebook they are."""
 
-    def __init__(self, mil: PrototypeMIL, num_classes: int, selected: torch.Tensor | None = None):
+    def __init__(self, mil: PrototypeMIL, num_classes: int, selected: torch.Tensor | None = None,
+                 valence_weight: float = 0.0):
         super().__init__()
         if selected is None:
             selected = torch.arange(mil.num_prototypes)
@@ -98,17 +129,19 @@ class ProbeHead(nn.Module):
         self.mil = mil.requires_grad_(False)
         self.mil.track_fisher = False
         self.classifier = nn.Linear(mil.num_prototypes, num_classes)
+        self.valence = _regressor(mil.num_prototypes, valence_weight)  # fresh too, like the classifier
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> HeadOutput:
         out = self.mil(x, lengths)
-        return HeadOutput(self.classifier(out.pooled), x.new_zeros(()), out.nearest)
+        return HeadOutput(self.classifier(out.pooled), x.new_zeros(()), out.nearest, _regress(self.valence, out.pooled))
 
 
-def build_head(name: str, dim: int, num_classes: int, **lpmn_options) -> nn.Module:
+def build_head(name: str, dim: int, num_classes: int, *, valence_weight: float = 0.0, **lpmn_options) -> nn.Module:
+    """Head ``name``; ``valence_weight`` > 0 adds a valence regressor (its MSE weight in the loss)."""
     if name == "lpmn":
-        return LPMNHead(dim, num_classes, **lpmn_options)
+        return LPMNHead(dim, num_classes, valence_weight=valence_weight, **lpmn_options)
     if name in ("ap", "mp"):
-        return PoolingHead(dim, num_classes, name)
+        return PoolingHead(dim, num_classes, name, valence_weight)
     raise ValueError(f"unknown head {name!r}; choose one of {HEADS}")
 
 

@@ -1,6 +1,7 @@
-"""Evaluation protocol: train/validation/test splits and metrics, separate from data and model."""
+"""Evaluation protocol: cross-validation splits, metrics and result tables, separate from data and model."""
 
-from .metrics import classification_metrics
-from .splits import SPLITS, Split, leave_one_session_out, make_split
+from .metrics import classification_metrics, valence_metrics
+from .splits import SPLITS, Split, fold_ids, leave_one_session_out, make_split, stratified_kfold
 
-__all__ = ["SPLITS", "Split", "classification_metrics", "leave_one_session_out", "make_split"]
+__all__ = ["SPLITS", "Split", "classification_metrics", "fold_ids", "leave_one_session_out", "make_split",
+           "stratified_kfold", "valence_metrics"]

@@ -1,11 +1,11 @@
-"""SER metrics: WA, UA, macro and weighted F1 and the confusion matrix (scikit-learn)."""
+"""SER metrics: WA, UA, macro and weighted F1 and the confusion matrix; valence MSE (scikit-learn)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, mean_squared_error, recall_score
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str]) -> dict:
@@ -36,3 +36,16 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
         "classes": list(classes),
         "count": int(y_true.size),
     }
+
+
+def valence_metrics(v_true: Sequence[float], v_pred: Sequence[float]) -> dict:
+    """``valence_mse``: mean squared error of predicted against annotated valence (MER2023)."""
+    v_true = np.asarray(v_true, dtype=np.float64)
+    v_pred = np.asarray(v_pred, dtype=np.float64)
+    if v_true.shape != v_pred.shape or v_true.ndim != 1:
+        raise ValueError(f"v_true and v_pred must be 1-d of equal length, got {v_true.shape} and {v_pred.shape}")
+    if v_true.size == 0:
+        raise ValueError("cannot compute the valence MSE of an empty evaluation set")
+    if not (np.isfinite(v_true).all() and np.isfinite(v_pred).all()):
+        raise ValueError("valence values must be finite (NaN or Inf found)")
+    return {"valence_mse": float(mean_squared_error(v_true, v_pred))}

@@ -1,9 +1,13 @@
-"""Leave-one-session-out splits of IEMOCAP-layout corpora (the real one and the synthetic one).
+"""Cross-validation splits: leave-one-session-out (IEMOCAP layout) and stratified k-fold (MER2023).
 
 * ``loso`` (the paper, section 4.1): train on four sessions, validate AND test on the held-out
   one. Checkpoint selection then sees the test set, as in the paper.
 * ``loso-speaker``: train on four sessions; validate on one speaker of the held-out session and
   test on the other, so the test speaker never influences model selection.
+* ``kfold`` (MER2023, section 4.1: random partitions into five parts): scikit-learn's
+  StratifiedKFold (shuffled, seeded) picks each test fold; the validation set is, per class,
+  a seeded random ``valid_fraction`` (rounded, at least one) of that class in the other folds; the
+  rest trains. The test fold never influences model selection.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
 from ..data.corpus import Utterance
 
-SPLITS = ("loso", "loso-speaker")
+SPLITS = ("loso", "loso-speaker", "kfold")
 
 
 @dataclass(frozen=True)
@@ -62,11 +69,69 @@ def leave_one_session_out(
     return Split(f"loso-speaker(test_session={test_session}, valid_speaker={valid_speaker})", tuple(train), valid, test)
 
 
-def make_split(name: str, utterances: Sequence[Utterance], test_session: int) -> Split:
-    """The split called ``name`` (one of SPLITS); ``loso-speaker`` validates on the first speaker (sorted)."""
+def stratified_kfold(utterances: Sequence[Utterance], fold: int, *, folds: int = 5, seed: int = 0,
+                     valid_fraction: float = 0.1) -> Split:
+    """Fold ``fold`` (1-based) of ``folds`` stratified, shuffled folds seeded by ``seed``.
+
+    Test: that fold. Validation: per class, ``round(valid_fraction * n)`` (at least 1) of the
+    class's n utterances in the other folds, drawn with seed ``seed + fold``. Train: the rest.
+    (Per-class rounding rather than scikit-learn's train_test_split: that one may leave a small
+    class out of the validation set.)
+    """
+    if folds < 2:
+        raise ValueError(f"kfold needs at least 2 folds, got {folds}")
+    if not 1 <= fold <= folds:
+        raise ValueError(f"fold must be in [1, {folds}], got {fold}")
+    if not 0 < valid_fraction < 1:
+        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
+    ids = [u.utt_id for u in utterances]
+    if len(set(ids)) != len(ids):
+        raise ValueError("kfold needs unique utterance ids; the corpus repeats some")
+    labels = np.array([u.label for u in utterances])
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() < folds:
+        rare = {str(c): int(n) for c, n in zip(classes, counts) if n < folds}
+        raise ValueError(f"stratified {folds}-fold cross-validation needs at least {folds} utterances per class; "
+                         f"classes {rare} have fewer")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    rest, test = list(splitter.split(np.zeros(len(labels)), labels))[fold - 1]
+    rng = np.random.default_rng(seed + fold)
+    valid = []
+    for c in classes:
+        members = rest[labels[rest] == c]
+        if len(members) < 2:
+            raise ValueError(f"fold {fold}: class {str(c)!r} has {len(members)} utterance(s) outside the test fold; "
+                             "need 2 to put one in training and one in validation")
+        take = min(max(1, round(valid_fraction * len(members))), len(members) - 1)
+        valid.extend(rng.permutation(members)[:take].tolist())
+    train = sorted(set(rest.tolist()) - set(valid))
+    def pick(idx) -> tuple[Utterance, ...]:
+        return tuple(utterances[i] for i in sorted(idx))  # corpus order within each part
+
+    protocol = (f"kfold(fold={fold}/{folds}, seed={seed}, valid=stratified {valid_fraction:g} of the training "
+                "folds)")
+    return Split(protocol, pick(train), pick(valid), pick(test))
+
+
+def fold_ids(name: str, utterances: Sequence[Utterance], *, folds: int = 5) -> list[int]:
+    """The folds of split ``name``: the sessions (loso, loso-speaker) or 1..folds (kfold)."""
+    if name in ("loso", "loso-speaker"):
+        return sorted({u.session for u in utterances})
+    if name == "kfold":
+        return list(range(1, folds + 1))
+    raise ValueError(f"unknown split {name!r}; choose one of {SPLITS}")
+
+
+def make_split(name: str, utterances: Sequence[Utterance], test_session: int, *, folds: int = 5, seed: int = 0,
+               valid_fraction: float = 0.1) -> Split:
+    """The split called ``name`` (one of SPLITS) holding out fold ``test_session`` (the session for
+    loso/loso-speaker, the fold number for kfold); ``loso-speaker`` validates on the first speaker
+    (sorted); ``folds``, ``seed`` and ``valid_fraction`` are kfold's (see :func:`stratified_kfold`)."""
     if name == "loso":
         return leave_one_session_out(utterances, test_session)
     if name == "loso-speaker":
         _, held = _held_out(utterances, test_session)
         return leave_one_session_out(utterances, test_session, valid_speaker=min(u.speaker for u in held))
+    if name == "kfold":
+        return stratified_kfold(utterances, test_session, folds=folds, seed=seed, valid_fraction=valid_fraction)
     raise ValueError(f"unknown split {name!r}; choose one of {SPLITS}")

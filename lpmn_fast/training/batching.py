@@ -9,15 +9,17 @@ import torch
 
 
 class Batch(NamedTuple):
-    """feats (B, T, F) zero-padded; lengths (B,) int64; labels (B,) int64; index (B,) into the set."""
+    """feats (B, T, F) zero-padded; lengths (B,) int64; labels (B,) int64; index (B,) into the set;
+    valence (B,) float32 targets (MER2023) or None."""
 
     feats: torch.Tensor
     lengths: torch.Tensor
     labels: torch.Tensor
     index: torch.Tensor
+    valence: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(*(t.to(device) for t in self))
+        return Batch(*(None if t is None else t.to(device) for t in self))
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -26,18 +28,22 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def collate(feats: Sequence[torch.Tensor], labels: Sequence[int], index: Sequence[int]) -> Batch:
+def collate(feats: Sequence[torch.Tensor], labels: Sequence[int], index: Sequence[int],
+            valence: Sequence[float] | None = None) -> Batch:
     lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
     padded = torch.nn.utils.rnn.pad_sequence(list(feats), batch_first=True)
-    return Batch(padded, lengths, torch.as_tensor(labels, dtype=torch.int64), torch.as_tensor(index, dtype=torch.int64))
+    return Batch(padded, lengths, torch.as_tensor(labels, dtype=torch.int64), torch.as_tensor(index, dtype=torch.int64),
+                 None if valence is None else torch.as_tensor(valence, dtype=torch.float32))
 
 
 def iterate_batches(features, labels: torch.Tensor, order: torch.Tensor, batch_size: int,
-                    start: int = 0) -> Iterator[Batch]:
-    """Batches of ``order`` (the last may be smaller), skipping the first ``start`` batches."""
+                    start: int = 0, valence: torch.Tensor | None = None) -> Iterator[Batch]:
+    """Batches of ``order`` (the last may be smaller), skipping the first ``start`` batches;
+    ``valence`` (N,) targets, if given, ride along."""
     for b in range(start, (len(order) + batch_size - 1) // batch_size):
         idx = order[b * batch_size:(b + 1) * batch_size].tolist()
-        yield collate([features[i] for i in idx], labels[idx].tolist(), idx)
+        yield collate([features[i] for i in idx], labels[idx].tolist(), idx,
+                      None if valence is None else valence[idx])
 
 
 def num_batches(n: int, batch_size: int) -> int:

@@ -18,9 +18,11 @@ def build_backbone_from_config(c) -> torch.nn.Module:
 def build_model(c, num_classes: int, backbone: torch.nn.Module | None = None) -> SERModel:
     """The SER model of config ``c``; pass ``backbone`` to reuse one already built."""
     backbone = backbone if backbone is not None else build_backbone_from_config(c)
+    valence_weight = c.valence_weight or 0.0  # > 0: a valence regressor beside the classifier (MER2023)
     head = build_head(c.head, backbone.out_dim, num_classes, num_prototypes=c.num_prototypes, tau=c.tau,
-                      kernel=c.kernel, quant_weight=c.quant_weight, fisher_momentum=c.fisher_momentum) \
-        if c.head == "lpmn" else build_head(c.head, backbone.out_dim, num_classes)
+                      kernel=c.kernel, quant_weight=c.quant_weight, fisher_momentum=c.fisher_momentum,
+                      valence_weight=valence_weight) \
+        if c.head == "lpmn" else build_head(c.head, backbone.out_dim, num_classes, valence_weight=valence_weight)
     return SERModel(backbone, head)
 
 

@@ -20,7 +20,7 @@ from ..models.heads import HEADS
 from ..ops.validation import BACKENDS
 from ..protocol.splits import SPLITS
 
-DATASETS = ("synthetic", "iemocap")
+DATASETS = ("synthetic", "iemocap", "mer2023")
 BACKBONES = ("fbank", "hubert")
 METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
 
@@ -29,6 +29,10 @@ PAPER_DEFAULTS = {"lr": 1e-4, "batch_size": 128, "epochs": 50, "num_prototypes":
                   "quant_weight": 1.0}
 FBANK_DEMO_DEFAULTS = {"lr": 2e-3, "batch_size": 32, "epochs": 20, "num_prototypes": 256, "tau": 0.05,
                        "quant_weight": 0.1}
+MER2023_PAPER_EPOCHS = 100  # section 4.1: MER2023 as IEMOCAP "except 100 training epochs"
+# Dataset-dependent defaults of split and valence_weight (MER2023 has no sessions but has valence).
+DATASET_SPLITS = {"synthetic": "loso-speaker", "iemocap": "loso-speaker", "mer2023": "kfold"}
+VALENCE_DATASETS = ("mer2023",)
 
 
 def _f(default, help: str, factory=None):
@@ -50,17 +54,31 @@ def default_cache_dir() -> str:
 class TrainConfig:
     # data
     data: str = _f("synthetic", f"corpus: one of {DATASETS}; 'synthetic' is generated on first use")
-    data_dir: str | None = _f(None, "corpus root: IEMOCAP_full_release for iemocap (required); for synthetic, "
-                                    "where to generate it (default: "
+    data_dir: str | None = _f(None, "corpus root: IEMOCAP_full_release for iemocap (required); for mer2023, the "
+                                    "folder holding train-label.csv and wav/ (or give --label-csv and --wav-dir); "
+                                    "for synthetic, where to generate it (default: "
                                     "CACHE_DIR/synthetic/u<size>-d<difficulty>-seed<seed>)")
+    label_csv: str | None = _f(None, "mer2023: the release's train-label.csv (columns name, discrete, valence); "
+                                     "default DATA_DIR/train-label.csv")
+    wav_dir: str | None = _f(None, "mer2023: folder of 16 kHz mono <name>.wav files extracted from the videos "
+                                   "(ffmpeg line in lpmn_fast/data/mer2023.py); default DATA_DIR/wav")
+    strict: bool = _f(False, "fail on any corpus problem (missing or corrupt WAV, malformed label, IEMOCAP class "
+                             "counts differing from the release's 5531) instead of skipping it with a warning "
+                             "that the results record")
     synthetic_utterances_per_speaker: int = _f(100, "synthetic corpus size: utterances per speaker (10 speakers)")
     synthetic_seed: int = _f(0, "seed of the synthetic corpus generator")
     synthetic_difficulty: float = _f(0.5, "synthetic corpus difficulty in [0, 1]: weaker emotional segments and "
                                           "more per-utterance nuisance as it grows")
-    split: str = _f("loso-speaker", f"protocol, one of {SPLITS}: 'loso' = the paper's leave-one-session-out "
-                                    "(validate and test on the held-out session); 'loso-speaker' = validate on one "
-                                    "speaker of the held-out session, test on the other")
-    test_session: int = _f(5, "held-out session (the fold), 1-based")
+    split: str | None = _f(None, f"protocol, one of {SPLITS}: 'loso' = the paper's leave-one-session-out "
+                                 "(validate and test on the held-out session); 'loso-speaker' = validate on one "
+                                 "speaker of the held-out session, test on the other; 'kfold' = stratified, "
+                                 "seeded k-fold, validation = a stratified part of the training folds (MER2023, "
+                                 "section 4.1); default loso-speaker for iemocap/synthetic, kfold for mer2023")
+    test_session: int = _f(5, "held-out fold, 1-based: the session for loso/loso-speaker, the fold number for kfold")
+    folds: int = _f(5, "kfold: number of folds")
+    fold_seed: int = _f(0, "kfold: seed of the random partition (and of the validation part)")
+    valid_fraction: float = _f(0.1, "kfold: fraction of the training folds held out for validation (stratified, "
+                                    "at least one utterance per class)")
     cache_dir: str = _f(None, "root of the feature and synthetic-corpus caches (default: "
                                              "$LPMN_FAST_CACHE, else ~/.cache/lpmn_fast)", default_cache_dir)
     cache_features: bool = _f(True, "cache the frozen backbone part (fbank, or HuBERT below the first fine-tuned "
@@ -86,6 +104,9 @@ class TrainConfig:
     quant_weight: float | None = _f(None, "weight of the quantization loss, eq. (1), added to the cross-entropy; "
                                           f"default {_by_backbone('quant_weight')}")
     fisher_momentum: float = _f(0.99, "EMA momentum of the Fisher importance, eq. (4)")
+    valence_weight: float | None = _f(None, "weight of the valence MSE added to the loss, with a linear valence "
+                                            "regressor beside the classifier (corpora with valence only); default "
+                                            "1 for mer2023, 0 (no regressor) otherwise")
     dead_patience: int = _f(100, "restart a prototype from a random training frame after this many steps without "
                                  "being any frame's nearest prototype (0: never)")
     kmeans_frames: int = _f(20000, "frames sampled from the training set for the k-means codebook initialisation")
@@ -97,7 +118,8 @@ class TrainConfig:
     # optimisation
     lr: float | None = _f(None, f"Adam learning rate; default {_by_backbone('lr')}")
     batch_size: int | None = _f(None, f"utterances per batch; default {_by_backbone('batch_size')}")
-    epochs: int | None = _f(None, f"training epochs; default {_by_backbone('epochs')}")
+    epochs: int | None = _f(None, f"training epochs; default {_by_backbone('epochs')} (hubert on mer2023: "
+                                  f"{MER2023_PAPER_EPOCHS}, the paper's)")
     weight_decay: float = _f(0.0, "Adam weight decay")
     seed: int = _f(0, "seed of initialisation, batch order and dropout")
     select_metric: str = _f("ua", f"validation metric that picks the best epoch, one of {METRICS}")
@@ -114,17 +136,24 @@ class TrainConfig:
     progress: bool = _f(True, "show progress bars")
 
 
-# Fields that may differ between an interrupted run and its resumption.
-RUN_CONTROL = ("resume", "stop_after_steps", "progress", "device", "threads")
+# Fields that may differ between an interrupted run and its resumption (where the run and the
+# caches lie included: a moved run folder still resumes, and cached features are exact anywhere).
+RUN_CONTROL = ("resume", "stop_after_steps", "progress", "device", "threads", "run_dir", "cache_dir")
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
     """Fill backbone-dependent defaults and check every field; raise ValueError naming a bad one."""
     c = dataclasses.replace(config)
     defaults = PAPER_DEFAULTS if c.backbone == "hubert" else FBANK_DEMO_DEFAULTS
+    if c.backbone == "hubert" and c.data == "mer2023":
+        defaults = {**defaults, "epochs": MER2023_PAPER_EPOCHS}
     for name, value in defaults.items():
         if getattr(c, name) is None:
             setattr(c, name, value)
+    if c.split is None:
+        c.split = DATASET_SPLITS.get(c.data, "loso-speaker")
+    if c.valence_weight is None:
+        c.valence_weight = 1.0 if c.data in VALENCE_DATASETS else 0.0
     if c.resume and c.run_dir is None:
         raise ValueError("resume needs run_dir (--run-dir): the directory of the run to continue")
     if c.run_dir is None:
@@ -141,6 +170,20 @@ def _check(c: TrainConfig) -> None:
     need(c.data in DATASETS, f"unknown data {c.data!r}; choose one of {DATASETS}")
     need(c.data != "iemocap" or c.data_dir is not None, "data 'iemocap' needs data_dir (--data-dir), the "
                                                          "IEMOCAP_full_release directory")
+    need(c.data != "mer2023" or c.data_dir is not None or (c.label_csv is not None and c.wav_dir is not None),
+         "data 'mer2023' needs data_dir (--data-dir, holding train-label.csv and wav/) or both label_csv "
+         "(--label-csv) and wav_dir (--wav-dir)")
+    need(c.data == "mer2023" or (c.label_csv is None and c.wav_dir is None),
+         f"label_csv and wav_dir are mer2023's; data {c.data!r} reads data_dir")
+    need(c.data != "mer2023" or c.split == "kfold",
+         f"split {c.split!r} needs sessions, which MER2023 lacks; use split 'kfold'")
+    need(c.valence_weight >= 0, f"valence_weight must be >= 0, got {c.valence_weight}")
+    need(c.data in VALENCE_DATASETS or c.valence_weight == 0,
+         f"data {c.data!r} has no valence labels; valence_weight must be 0 (only {VALENCE_DATASETS} have valence)")
+    need(c.split != "kfold" or (c.folds >= 2 and 1 <= c.test_session <= c.folds),
+         f"kfold needs folds >= 2 and test_session (the fold) in [1, folds]; got folds {c.folds}, "
+         f"test_session {c.test_session}")
+    need(0 < c.valid_fraction < 1, f"valid_fraction must be in (0, 1), got {c.valid_fraction}")
     need(c.backbone in BACKBONES, f"unknown backbone {c.backbone!r}; choose one of {BACKBONES}")
     need(c.head in HEADS, f"unknown head {c.head!r}; choose one of {HEADS}")
     need(c.split in SPLITS, f"unknown split {c.split!r}; choose one of {SPLITS}")

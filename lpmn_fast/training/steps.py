@@ -11,16 +11,18 @@ import torch.nn.functional as F
 
 from ..models import LPMNHead, kmeans_codebook, masked_frames
 from ..nn import PrototypeMIL
-from ..protocol import classification_metrics
+from ..protocol import classification_metrics, valence_metrics
 from .batching import Batch, iterate_batches
 
 
 class LabelledSet(NamedTuple):
-    """features[i]: (T_i, F) frozen features; labels (N,) int64; utt_ids for reports."""
+    """features[i]: (T_i, F) frozen features; labels (N,) int64; utt_ids for reports; valence (N,)
+    float32 targets for corpora that have them (MER2023), else None."""
 
     features: object
     labels: torch.Tensor
     utt_ids: tuple[str, ...]
+    valence: torch.Tensor | None = None
 
 
 class StepResult(NamedTuple):
@@ -28,6 +30,17 @@ class StepResult(NamedTuple):
     ce: float
     frames: torch.Tensor  # (B, T, C) detached backbone frames, for dead-prototype restarts
     lengths: torch.Tensor
+    mse: float | None = None  # valence MSE of the batch, heads with a valence regressor only
+
+
+def valence_loss(model: torch.nn.Module, out, batch: Batch) -> torch.Tensor | None:
+    """The valence MSE of ``out`` on ``batch``, None if the head has no valence regressor."""
+    if out.valence is None:
+        return None
+    if batch.valence is None:
+        raise ValueError("the model regresses valence but the batch has no valence targets "
+                         "(a corpus without valence: set valence_weight to 0)")
+    return F.mse_loss(out.valence.float(), batch.valence)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -42,15 +55,21 @@ def lpmn_layer(model: torch.nn.Module) -> PrototypeMIL | None:
 
 def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
                fisher_sync: Callable[[PrototypeMIL], None] | None = None) -> StepResult:
-    """One Adam step on cross-entropy + the head's auxiliary loss (eq. 1 for LPMN).
+    """One Adam step on cross-entropy + the head's auxiliary loss (eq. 1 for LPMN) + weighted
+    valence MSE when the head regresses valence (MER2023).
 
     ``model`` may be DDP-wrapped; ``fisher_sync`` (e.g. an all-reduce of the layer's Fisher
-    accumulators) runs before the Fisher EMA update of eq. (4).
+    accumulators) runs before the Fisher EMA update of eq. (4). With a valence regressor the
+    prototypes' gradient, hence the Fisher importance, is that of the joint objective: the
+    log-likelihood of the label and (Gaussian) of the valence.
     """
     model.train()
     out = model(batch.feats, batch.lengths)
     ce = F.cross_entropy(out.logits, batch.labels)
     loss = ce + out.aux_loss
+    mse = valence_loss(model, out, batch)
+    if mse is not None:
+        loss = loss + unwrap(model).head.valence.loss_weight * mse
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     mil = lpmn_layer(model)
@@ -59,7 +78,8 @@ def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Opti
             fisher_sync(mil)
         mil.update_fisher()  # eq. (4): squared prototype gradients of this step into the EMA
     optimizer.step()
-    return StepResult(loss.item(), ce.item(), out.frames.detach(), batch.lengths)
+    return StepResult(loss.item(), ce.item(), out.frames.detach(), batch.lengths,
+                      None if mse is None else mse.item())
 
 
 @torch.no_grad()
@@ -104,21 +124,35 @@ def init_codebook(model: torch.nn.Module, train: LabelledSet, max_frames: int, b
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, data: LabelledSet, batch_size: int, device: torch.device
-            ) -> tuple[torch.Tensor, float]:
-    """Predicted class per utterance (N,) and the mean cross-entropy, in eval mode."""
+def predict_all(model: torch.nn.Module, data: LabelledSet, batch_size: int, device: torch.device
+                ) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+    """Predicted class per utterance (N,), the mean cross-entropy and the regressed valence (N,)
+    (None without a valence regressor), in eval mode."""
     model.eval()
-    preds, loss_sum = [], 0.0
+    preds, valence, loss_sum = [], [], 0.0
     order = torch.arange(len(data.labels))
     for batch in iterate_batches(data.features, data.labels, order, batch_size):
         batch = batch.to(device)
-        logits = model(batch.feats, batch.lengths).logits
-        loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum").item()
-        preds.append(logits.argmax(-1).cpu())
-    return torch.cat(preds), loss_sum / len(data.labels)
+        out = model(batch.feats, batch.lengths)
+        loss_sum += F.cross_entropy(out.logits, batch.labels, reduction="sum").item()
+        preds.append(out.logits.argmax(-1).cpu())
+        if out.valence is not None:
+            valence.append(out.valence.float().cpu())
+    return torch.cat(preds), loss_sum / len(data.labels), torch.cat(valence) if valence else None
+
+
+def predict(model: torch.nn.Module, data: LabelledSet, batch_size: int, device: torch.device
+            ) -> tuple[torch.Tensor, float]:
+    """Predicted class per utterance (N,) and the mean cross-entropy, in eval mode."""
+    preds, loss, _ = predict_all(model, data, batch_size, device)
+    return preds, loss
 
 
 def evaluate(model: torch.nn.Module, data: LabelledSet, classes, batch_size: int, device: torch.device) -> dict:
-    """WA/UA/F1/confusion matrix of ``model`` on ``data``, plus ``loss`` (mean CE)."""
-    preds, loss = predict(model, data, batch_size, device)
-    return {**classification_metrics(data.labels.tolist(), preds.tolist(), classes), "loss": loss}
+    """WA/UA/F1/confusion matrix of ``model`` on ``data``, plus ``loss`` (mean CE) and, when the
+    model regresses valence and ``data`` has it, ``valence_mse``."""
+    preds, loss, valence = predict_all(model, data, batch_size, device)
+    metrics = {**classification_metrics(data.labels.tolist(), preds.tolist(), classes), "loss": loss}
+    if valence is not None and data.valence is not None:
+        metrics.update(valence_metrics(data.valence.tolist(), valence.tolist()))
+    return metrics

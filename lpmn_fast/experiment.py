@@ -1,0 +1,316 @@
+"""lpmn-experiment: a whole cross-validation in the paper's layout (Tables 2-4), resumable fold by fold.
+
+    lpmn-experiment --data synthetic --out runs/cv-synthetic                     # AP, MP, LPMN-K, LPMN-K-K'
+    lpmn-experiment --data iemocap --data-dir IEMOCAP_full_release --split loso \\
+        --backbone hubert --hubert-path hubert-large-ll60k --out runs/iemocap     # Table 2, IEMOCAP
+    lpmn-experiment --data mer2023 --data-dir MER2023 --backbone hubert --hubert-path DIR --out runs/mer
+    lpmn-experiment ... --rows lpmn --k 128,256,512,1024,2048                     # Table 3: K sweep
+    lpmn-experiment ... --rows lpmn,lpmn-ps --k 1024 --k-prime 30,60,100,200,512  # Table 4: K' sweep
+
+Every fold trains each row with lpmn-train's machinery into OUT/fold-<f>/<row>/ (ap, mp,
+lpmn-K<K>). A run with its metrics.json is finished and never recomputed; one with only a
+checkpoint resumes from it; so rerunning the same command continues an interrupted experiment.
+LPMN-K-K' rows do not retrain anything: each K' probes the best LPMN-K checkpoint (section 3.3),
+saved as OUT/fold-<f>/lpmn-K<K>/probe-K<K'>.json. Frozen backbone features are cached on disk
+(CACHE_DIR/features, keyed by the backbone) and shared by all folds, rows and experiments.
+Results: OUT/results.md and OUT/results.json (per fold, and mean ± std over folds), rewritten
+after every run. Every flag of lpmn-train is accepted except those the driver sets per run
+(--head, --num-prototypes, --top-k, --test-session, --run-dir, --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from .data.atomic import write_text_atomic
+from .data.problems import CorpusError
+from .protocol import fold_ids
+from .protocol.table import HEADERS, build_table, format_markdown, table_columns
+from .train import _flag_type
+from .training import loop
+from .training.config import RUN_CONTROL, TrainConfig, config_dict, load_config_file, make_config, resolve
+from .training.corpus import Corpus, load_corpus
+from .training.probe import probe_trained_run
+
+ROWS = ("ap", "mp", "lpmn", "lpmn-ps")
+# TrainConfig fields the driver sets for each run itself.
+PER_RUN = ("head", "num_prototypes", "top_k", "test_session", "run_dir", "resume")
+PROTOCOLS = {
+    "loso": "leave-one-session-out; validation and test on the held-out session (the paper, section 4.1)",
+    "loso-speaker": "leave-one-session-out; validation on one speaker of the held-out session, test on the other",
+    "kfold": "stratified {folds}-fold cross-validation on seeded random partitions (seed {fold_seed}; the paper, "
+             "section 4.1, for MER2023); validation on a stratified {valid_fraction:g} of the training folds",
+}
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return list(dict.fromkeys(values))  # drop repeats, keep order
+
+
+def _rows(text: str) -> list[str]:
+    rows = [r.strip() for r in text.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if not rows or unknown:
+        raise argparse.ArgumentTypeError(f"rows must be a comma list of {ROWS}, got {text!r}")
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lpmn-experiment", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex = parser.add_argument_group("experiment")
+    ex.add_argument("--out", type=Path, help="experiment directory (default runs/experiment-<data>-<backbone>-"
+                                             "<split>); rerun with the same --out to resume")
+    ex.add_argument("--rows", type=_rows, default=list(ROWS),
+                    help="comma list of table rows: ap, mp (pooling baselines), lpmn (LPMN-K, one per --k), lpmn-ps "
+                         "(LPMN-K-K': prototype selection + linear probing of LPMN-K, one per --k-prime) "
+                         "(default: ap,mp,lpmn,lpmn-ps)")
+    ex.add_argument("--k", type=_int_list, help="comma list of K (prototypes), one LPMN-K row each, e.g. "
+                                                "128,256,512,1024,2048 for Table 3 (default: --num-prototypes' "
+                                                "default for the backbone)")
+    ex.add_argument("--k-prime", type=_int_list, help="comma list of K' (selected prototypes), one LPMN-K-K' row "
+                                                      "per K and K' <= K, e.g. 30,60,100,200,512 for Table 4; "
+                                                      "all probe one trained LPMN-K (default: --top-k's default)")
+    ex.add_argument("--fold", type=_int_list, help="comma list of folds to run (sessions for loso splits, 1..folds "
+                                                   "for kfold; default: all); the table covers these")
+    ex.add_argument("--config", type=Path, help="YAML or JSON file of training config fields; flags override it")
+    train = parser.add_argument_group("training (the fields of lpmn-train; see lpmn-train --help)")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in PER_RUN:
+            continue
+        text = f.metadata["help"]
+        if "default" not in text:
+            text += f" (default: {getattr(defaults, f.name)})"
+        train.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS, help=text,
+                           **_flag_type(f.type))
+    return parser
+
+
+@dataclasses.dataclass
+class Plan:
+    """What one experiment runs: the base config (resolved), rows, K and K' lists, folds, where."""
+
+    base: TrainConfig
+    rows: list[str]
+    ks: list[int]
+    k_primes: list[int]
+    folds: list[int]
+    out: Path
+
+
+def make_plan(argv: list[str] | None = None) -> tuple[Plan, Corpus]:
+    """The plan of the command line ``argv`` and the loaded corpus (checked once, up front)."""
+    args = vars(build_parser().parse_args(argv))
+    experiment = {k: args.pop(k) for k in ("out", "rows", "k", "k_prime", "fold", "config")}
+    fields = load_config_file(experiment["config"]) if experiment["config"] else {}
+    fields.update(args)
+    per_run = sorted(set(fields) & set(PER_RUN))
+    if per_run:
+        raise ValueError(f"{per_run} are set by lpmn-experiment per run (use --k, --k-prime, --fold, --out); "
+                         "remove them from the config file")
+    base = resolve(make_config(**{**fields, "run_dir": "unused", "test_session": 1}))  # both set per run
+    ks = experiment["k"] or [base.num_prototypes]
+    k_primes = experiment["k_prime"] or [base.top_k]
+    out = experiment["out"] or Path("runs") / f"experiment-{base.data}-{base.backbone}-{base.split}"
+    corpus = load_corpus(base)
+    folds = fold_ids(base.split, corpus.utterances, folds=base.folds)
+    chosen = experiment["fold"] or folds
+    missing = [f for f in chosen if f not in folds]
+    if missing:
+        raise ValueError(f"folds {missing} do not exist; split {base.split!r} of this corpus has folds {folds}")
+    return Plan(base, experiment["rows"], ks, k_primes, sorted(chosen), Path(out)), corpus
+
+
+def _run_config(plan: Plan, fold: int, head: str, k: int | None = None) -> TrainConfig:
+    name = head if k is None else f"lpmn-K{k}"
+    run_dir = plan.out / f"fold-{fold}" / name
+    fields = {**dataclasses.asdict(plan.base), "head": head, "test_session": fold, "run_dir": str(run_dir),
+              "resume": (run_dir / "checkpoints" / "last.json").is_file()}
+    if k is not None:
+        # The driver probes every K' itself from the best checkpoint: no probe inside train().
+        fields.update(num_prototypes=k, top_k=k, probe_epochs=0)
+    return resolve(make_config(**fields))
+
+
+def _check_same(saved: dict, current: dict, where: Path) -> None:
+    changed = [k for k in current if k not in RUN_CONTROL and saved.get(k) != current[k]]
+    if changed:
+        raise ValueError(f"{where} was made with other settings ({changed}); rerun with those settings to resume, "
+                         "or choose another --out")
+
+
+def _summary(metrics: dict, columns) -> str:
+    return " ".join(f"{HEADERS[c]} {100 * metrics[c]:.2f}" if c != "valence_mse" else f"MSE {metrics[c]:.4f}"
+                    for c in columns)
+
+
+class Driver:
+    """Runs a Plan fold by fold, skipping finished runs, and keeps the results table up to date."""
+
+    def __init__(self, plan: Plan, corpus: Corpus, log=print):
+        self.plan, self.corpus, self.log = plan, corpus, log
+        self.columns = table_columns(plan.base.data)
+        self.per_fold: dict[str, dict[str, dict]] = {}
+        self.runs: dict[str, dict[str, dict]] = {}
+        self.skipped: list[str] = []
+        self.row_names = ([r.upper() for r in ("ap", "mp") if r in plan.rows]
+                          + [f"LPMN-{k}" for k in plan.ks if "lpmn" in plan.rows]
+                          + [f"LPMN-{k}-{kp}" for k in plan.ks for kp in plan.k_primes
+                             if "lpmn-ps" in plan.rows and kp <= k])
+        if "lpmn-ps" in plan.rows:
+            self.skipped = [f"LPMN-{k}-{kp}: K' > K" for k in plan.ks for kp in plan.k_primes if kp > k]
+
+    def _record(self, fold: int, name: str, results: dict, run_dir: Path) -> None:
+        self.per_fold.setdefault(name, {})[str(fold)] = results["test"]
+        self.runs.setdefault(str(fold), {})[name] = {
+            "run_dir": str(run_dir), "protocol": results.get("protocol"), "best_epoch": results.get("best_epoch"),
+            "valid": {c: results["valid"].get(c) for c in self.columns}, "seconds": results.get("seconds")}
+
+    def _train(self, tag: str, name: str, config: TrainConfig) -> dict | None:
+        """Results of one training run: read back if finished, else trained (or resumed); None if interrupted."""
+        run_dir = Path(config.run_dir)
+        metrics_file = run_dir / "metrics.json"
+        if metrics_file.is_file():
+            results = json.loads(metrics_file.read_text(encoding="utf-8"))
+            _check_same(results["config"], config_dict(config), run_dir)
+            self.log(f"{tag} {name}: finished earlier, read {metrics_file}")
+            return results
+        self.log(f"{tag} {name}: " + ("resuming its checkpoint" if config.resume else "training"))
+        results = loop.train(config)
+        if results.get("interrupted"):
+            self.log(f"{tag} {name}: stopped after step {results['step']}; rerun the same command to resume")
+            return None
+        self.log(f"{tag} {name}: test {_summary(results['test'], self.columns)} ({results['seconds']} s)")
+        return results
+
+    def _probes(self, tag: str, fold: int, k: int, config: TrainConfig) -> None:
+        run_dir = Path(config.run_dir)
+        wanted = [kp for kp in self.plan.k_primes if kp <= k]
+        settings = {"probe_epochs": self.plan.base.probe_epochs, "probe_lr": self.plan.base.probe_lr}
+        todo = []
+        for kp in wanted:
+            file = run_dir / f"probe-K{kp}.json"
+            if file.is_file():
+                results = json.loads(file.read_text(encoding="utf-8"))
+                _check_same(results["settings"], settings, file)
+                self.log(f"{tag} {results['name']}: finished earlier, read {file}")
+                self._record(fold, results["name"], results, run_dir)
+            else:
+                todo.append(kp)
+        if not todo:
+            return
+        self.log(f"{tag} LPMN-{k}-K' for K' in {todo}: probing the best LPMN-{k} checkpoint")
+        for kp, results in probe_trained_run(run_dir, todo, epochs=settings["probe_epochs"],
+                                             lr=settings["probe_lr"], progress=self.plan.base.progress):
+            results = {**results, "settings": settings, "protocol": self._protocol_of(run_dir)}
+            write_text_atomic(run_dir / f"probe-K{kp}.json", json.dumps(results, indent=1))
+            self.log(f"{tag} {results['name']}: test {_summary(results['test'], self.columns)}")
+            self._record(fold, results["name"], results, run_dir)
+
+    @staticmethod
+    def _protocol_of(run_dir: Path) -> dict | None:
+        metrics = run_dir / "metrics.json"
+        return json.loads(metrics.read_text(encoding="utf-8")).get("protocol") if metrics.is_file() else None
+
+    def run(self) -> bool:
+        """Run every fold; True when all finished, False when a run stopped (stop_after_steps)."""
+        plan = self.plan
+        for i, fold in enumerate(plan.folds, 1):
+            tag = f"[fold {fold} ({i}/{len(plan.folds)})]"
+            started = time.perf_counter()
+            jobs = [(r.upper(), _run_config(plan, fold, r)) for r in ("ap", "mp") if r in plan.rows]
+            if "lpmn" in plan.rows or "lpmn-ps" in plan.rows:
+                jobs += [(f"LPMN-{k}", _run_config(plan, fold, "lpmn", k)) for k in plan.ks]
+            for name, config in jobs:
+                results = self._train(tag, name, config)
+                if results is None:
+                    self.write(complete=False)
+                    return False
+                if name in self.row_names:
+                    self._record(fold, name, results, Path(config.run_dir))
+                if config.head == "lpmn" and "lpmn-ps" in plan.rows:
+                    self._probes(tag, fold, config.num_prototypes, config)
+                self.write(complete=False)
+            self.log(f"{tag} done in {time.perf_counter() - started:.1f} s")
+        self.write(complete=True)
+        return True
+
+    def protocol(self) -> dict:
+        b = self.plan.base
+        return {"split": b.split, "description": PROTOCOLS[b.split].format(**dataclasses.asdict(b)),
+                "folds": self.plan.folds}
+
+    def table(self) -> dict:
+        ordered = {name: self.per_fold.get(name, {}) for name in self.row_names}
+        return build_table(ordered, self.columns, [str(f) for f in self.plan.folds])
+
+    def write(self, complete: bool) -> None:
+        """results.json and results.md (atomic), from the runs finished so far."""
+        b, table = self.plan.base, self.table()
+        settings = {k: v for k, v in dataclasses.asdict(b).items() if k not in PER_RUN and k not in RUN_CONTROL}
+        data = {"complete": complete, "data": b.data, "backbone": b.backbone, "protocol": self.protocol(),
+                "corpus": self.corpus.describe(), "rows": self.plan.rows, "k": self.plan.ks,
+                "k_prime": self.plan.k_primes, "skipped": self.skipped, "table": table, "runs": self.runs,
+                "settings": settings}
+        write_text_atomic(self.plan.out / "results.json", json.dumps(data, indent=1))
+        write_text_atomic(self.plan.out / "results.md", self.markdown(data) + "\n")
+
+    def markdown(self, data: dict) -> str:
+        b, corpus = self.plan.base, data["corpus"]
+        title = f"# {b.data} cross-validation, {b.backbone} backbone" + ("" if data["complete"] else " (incomplete)")
+        counts = ", ".join(f"{c} {n}" for c, n in (corpus["counts"] or {}).items())
+        lines = [title, "", f"Protocol: {b.split}: {data['protocol']['description']}. "
+                 f"Folds: {', '.join(map(str, self.plan.folds))}.",
+                 f"Corpus: {corpus['utterances']} utterances ({counts}) from {corpus['root']}."]
+        if corpus["counts_match"] is False:
+            expected = sum(corpus["expected_counts"].values())
+            lines.append(f"**Class counts differ from the release's ({expected} utterances: "
+                         f"{corpus['expected_counts']})**; results are on the counts above.")
+        if corpus["warnings"]:
+            lines.append(f"The loader skipped or flagged {len(corpus['warnings'])} part(s); see results.json.")
+        lines += ["", "Test metrics, mean ± sample std over folds; WA/UA/F1 in %, valence MSE as is. "
+                  f"Best epoch chosen on validation {b.select_metric}.", "", format_markdown(data["table"])]
+        if data["skipped"]:
+            lines += ["", "Not run: " + "; ".join(data["skipped"]) + "."]
+        return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
+    try:
+        plan, corpus = make_plan(argv)
+    except (ValueError, FileNotFoundError, CorpusError) as error:
+        print(f"lpmn-experiment: error: {error}", file=sys.stderr)
+        return 2
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log(f"lpmn-experiment: {plan.base.data}, {plan.base.split} folds {plan.folds}, rows {plan.rows}, K {plan.ks}"
+        + (f", K' {plan.k_primes}" if "lpmn-ps" in plan.rows else "") + f" -> {plan.out}")
+    driver = Driver(plan, corpus, log)
+    try:
+        complete = driver.run()
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"lpmn-experiment: error: {error}", file=sys.stderr)
+        return 2
+    print(driver.markdown(json.loads((plan.out / "results.json").read_text(encoding="utf-8"))))
+    log(f"results: {plan.out / 'results.md'} and results.json ({time.perf_counter() - started:.1f} s"
+        + ("" if complete else "; incomplete, rerun the same command to resume") + ")")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
