@@ -83,9 +83,11 @@ def format_table(results: list[dict]) -> str:
         rows.append((r["name"], r["test"]))
         if "probe" in r:
             rows.append((r["probe"]["name"], r["probe"]["test"]))
-    lines = ["| model | WA | UA | macro F1 | weighted F1 |", "|---|---|---|---|---|"]
+    mse = all("valence_mse" in m for _, m in rows)  # MER2023: the valence regressor's MSE too
+    lines = ["| model | WA | UA | macro F1 | weighted F1 |" + (" valence MSE |" if mse else ""),
+             "|---|---|---|---|---|" + ("---|" if mse else "")]
     lines += [f"| {name} | {m['wa']:.2%} | {m['ua']:.2%} | {m['macro_f1']:.2%} | {m['weighted_f1']:.2%} |"
-              for name, m in rows]
+              + (f" {m['valence_mse']:.4f} |" if mse else "") for name, m in rows]
     return "\n".join(lines)
 
 
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError, FileExistsError) as error:
             print(f"lpmn-train: error: {error}", file=sys.stderr)
             return 2
+        if result.get("rank", 0):  # torchrun: ranks > 0 train along, rank 0 reports
+            if result.get("interrupted"):
+                return 0
+            continue
         if result.get("interrupted"):
             print(f"stopped after step {result['step']} as asked; continue with the same flags plus --resume "
                   f"--run-dir {root or result['run_dir']}", file=sys.stderr)
@@ -124,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         print(f"{config.head}: results in {result['config']['run_dir']} ({result['seconds']} s)", file=sys.stderr)
 
+    if not results:
+        return 0
     table = format_table(results)
     protocol = results[0]["protocol"]
     print(f"\nTest split, {protocol['protocol']}: train {protocol['train']}, valid {protocol['valid']}, "

@@ -10,12 +10,14 @@ from torch import nn
 
 class ModelOutput(NamedTuple):
     """logits (B, classes); aux_loss scalar (quantization loss for LPMN, else 0); nearest (B, T)
-    prototype per frame or None; frames (B, T, C) the backbone's frame features."""
+    prototype per frame or None; frames (B, T, C) the backbone's frame features; valence (B,)
+    regressed valence, None for heads without a valence regressor."""
 
     logits: torch.Tensor
     aux_loss: torch.Tensor
     nearest: torch.Tensor | None
     frames: torch.Tensor
+    valence: torch.Tensor | None = None
 
 
 class SERModel(nn.Module):
@@ -32,9 +34,23 @@ class SERModel(nn.Module):
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> ModelOutput:
         x = self.frames(feats, lengths)
-        return ModelOutput(*self.head(x, lengths), x)
+        h = self.head(x, lengths)
+        return ModelOutput(h.logits, h.aux_loss, h.nearest, x, h.valence)
 
     def persistent_state(self) -> dict[str, torch.Tensor]:
         """The state a checkpoint needs: everything but the frozen pretrained bottom of a HuBERT
         backbone, which is reloaded from its path."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.frozen.")}
+
+    def save_pretrained(self, directory, classes=None, extra: dict | None = None):
+        """Write config.json + model.safetensors to ``directory`` (see lpmn_fast.models.pretrained)."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, directory, classes, extra)
+
+    @classmethod
+    def from_pretrained(cls, directory, **options) -> "SERModel":
+        """Load a ``save_pretrained`` directory, in eval mode; options: device, hubert_path, kernel."""
+        from .pretrained import from_pretrained
+
+        return from_pretrained(directory, **options)

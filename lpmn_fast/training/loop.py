@@ -26,20 +26,15 @@ from .batching import epoch_order, iterate_batches, num_batches
 from .build import build_backbone_from_config, build_model, build_optimizer, pick_device
 from .checkpoint import load_checkpoint, load_model_state, read_checkpoint_json, restore_rng, save_checkpoint
 from .config import RUN_CONTROL, TrainConfig, config_dict, resolve
-from .corpus import load_corpus
-from .features import OnTheFlyFeatures, cache_features
+from .corpus import labelled_set, load_corpus
 from .plots import plot_confusion, plot_curves
+from .distributed import setup_distributed
 from .probe import linear_probe
 from .steps import LabelledSet, evaluate, init_codebook, lpmn_layer, restart_dead_prototypes, train_step
 
 
 def _labelled_set(backbone, utterances, classes, c, desc: str) -> LabelledSet:
-    if c.cache_features:
-        features = cache_features(backbone, utterances, c.cache_dir, progress=c.progress, desc=desc)
-    else:
-        features = OnTheFlyFeatures(backbone, utterances)
-    labels = torch.tensor([classes.index(u.label) for u in utterances], dtype=torch.int64)
-    return LabelledSet(features, labels, tuple(u.utt_id for u in utterances))
+    return labelled_set(backbone, utterances, classes, c, desc)  # valence too, for corpora that have it
 
 
 def _same_run(saved: dict, current: dict) -> list[str]:
@@ -82,7 +77,8 @@ def _train(c: TrainConfig) -> dict:
     cfg = config_dict(c)
     run_dir = Path(c.run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    device = pick_device(c.device)
+    dist = setup_distributed(pick_device(c.device))  # one process, or this rank of a torchrun launch
+    device = dist.device
     started = time.perf_counter()
     last = read_checkpoint_json(ckpt_dir, "last")
     if c.resume and last is None:
@@ -95,12 +91,15 @@ def _train(c: TrainConfig) -> dict:
     torch.manual_seed(c.seed)
 
     # ---- data -----------------------------------------------------------------------------
+    dist.wait_for_main()  # under torchrun, rank 0 makes the corpus and the feature cache first
     corpus = load_corpus(c)
-    split = make_split(c.split, corpus.utterances, c.test_session)
+    split = make_split(c.split, corpus.utterances, c.test_session, folds=c.folds, seed=c.fold_seed,
+                       valid_fraction=c.valid_fraction)
     classes = list(corpus.classes)
     backbone = build_backbone_from_config(c)
     sets = {name: _labelled_set(backbone, utts, classes, c, f"features ({name})")
             for name, utts in (("train", split.train), ("valid", split.valid), ("test", split.test))}
+    dist.main_done()
 
     # ---- model ----------------------------------------------------------------------------
     model = build_model(c, len(classes), backbone).to(device)
@@ -115,11 +114,16 @@ def _train(c: TrainConfig) -> dict:
         run = meta["run"]
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if lpmn_layer(model) is not None:
+        if lpmn_layer(model) is not None and dist.is_main:
             run["kmeans_frames"] = init_codebook(model, sets["train"], c.kmeans_frames, c.batch_size, c.seed, device)
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    dist.broadcast_model(model)  # rank 0's codebook to every rank
+    train_model = dist.wrap(model)  # DDP under torchrun
+    if dist.is_main:
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
 
     def checkpoint(name: str = "last") -> None:
+        if not dist.is_main:
+            return
         # "best" is only ever evaluated, never resumed from: no optimizer state.
         save_checkpoint(ckpt_dir, name, model.persistent_state(), optimizer if name == "last" else None,
                         {"config": cfg, "run": run}, run["step"])
@@ -130,11 +134,12 @@ def _train(c: TrainConfig) -> dict:
         epoch = run["epoch"]
         order = epoch_order(len(sets["train"].labels), c.seed, epoch)
         bar = tqdm(iterate_batches(sets["train"].features, sets["train"].labels, order, c.batch_size,
-                                   start=run["step_in_epoch"]),
+                                   start=run["step_in_epoch"], valence=sets["train"].valence),
                    total=steps_per_epoch, initial=run["step_in_epoch"], desc=f"epoch {epoch + 1}/{c.epochs}",
-                   unit="batch", disable=not c.progress, leave=False)
+                   unit="batch", disable=not (c.progress and dist.is_main), leave=False)
         for batch in bar:
-            result = train_step(model, batch.to(device), optimizer)
+            local = dist.begin_step(model, batch, c.seed * 1_000_003 + run["step"]).to(device)  # this rank's share
+            result = dist.end_step(model, train_step(train_model, local, optimizer, dist.fisher_sync), c.dead_patience)
             run["step"] += 1
             run["step_in_epoch"] += 1
             run["epoch_loss"] += result.loss
@@ -146,7 +151,8 @@ def _train(c: TrainConfig) -> dict:
                 checkpoint()
             if c.stop_after_steps is not None and run["step"] >= c.stop_after_steps:
                 bar.close()  # abruptly, as a kill would: no checkpoint beyond the periodic ones
-                return {"interrupted": True, "step": run["step"], "epoch": epoch, "run_dir": str(run_dir)}
+                return {"interrupted": True, "step": run["step"], "epoch": epoch, "run_dir": str(run_dir),
+                        "rank": dist.rank}
 
         valid = evaluate(model, sets["valid"], classes, c.batch_size, device)
         run["history"].append({"epoch": epoch + 1, "step": run["step"],
@@ -156,7 +162,7 @@ def _train(c: TrainConfig) -> dict:
         improved = run["best"] is None or valid[c.select_metric] > run["best"]["value"]
         if improved:
             run["best"] = {"epoch": epoch + 1, "step": run["step"], "value": valid[c.select_metric]}
-        if c.progress:
+        if c.progress and dist.is_main:
             tqdm.write(f"epoch {epoch + 1}: train loss {run['history'][-1]['train_loss']:.4f} | valid WA "
                        f"{valid['wa']:.4f} UA {valid['ua']:.4f} F1 {valid['macro_f1']:.4f}"
                        + (" (best)" if improved else ""))
@@ -166,16 +172,19 @@ def _train(c: TrainConfig) -> dict:
         checkpoint()
 
     # ---- evaluation of the best checkpoint ---------------------------------------------------
+    dist.barrier()  # rank 0 has written the last "best"
     _, best_state, _, _ = load_checkpoint(ckpt_dir, "best")
     load_model_state(model, best_state)
     results = {
         "head": c.head, "name": _display_name(c), "protocol": split.describe(),
-        "corpus": {"root": str(corpus.root), "counts": corpus.counts, "warnings": list(corpus.warnings)},
+        "corpus": corpus.describe(),
         "select_metric": c.select_metric, "best_epoch": run["best"]["epoch"], "steps": run["step"],
         "prototype_restarts": run["restarts"], "kmeans_frames": run["kmeans_frames"],
         "valid": evaluate(model, sets["valid"], classes, c.batch_size, device),
         "test": evaluate(model, sets["test"], classes, c.batch_size, device),
     }
+    if not dist.is_main:
+        return {**results, "rank": dist.rank}  # probing and outputs are rank 0's
     matrices = {results["name"]: results["test"]["confusion_matrix"]}
 
     # ---- prototype selection + linear probing (LPMN, section 3.3) -----------------------------
@@ -187,12 +196,15 @@ def _train(c: TrainConfig) -> dict:
         results["probe"] = probe_results
         head_state = {f"head.{k}": v for k, v in probe.head.state_dict().items()}
         save_checkpoint(ckpt_dir, "probe", head_state, None, {"config": cfg, "top_k": c.top_k}, run["step"])
+        probe.save_pretrained(run_dir / "model-probe", classes, {"name": probe_results["name"], "top_k": c.top_k,
+                                                                 "train_config": cfg})  # for lpmn-predict
         matrices[probe_results["name"]] = probe_results["test"]["confusion_matrix"]
 
     # ---- outputs ----------------------------------------------------------------------------
     results["history"] = run["history"]
     results["config"] = cfg
     results["seconds"] = round(time.perf_counter() - started, 1)
+    model.save_pretrained(run_dir / "model", classes, {"name": results["name"], "top_k": c.top_k, "train_config": cfg})
     _dump(run_dir / "metrics.json", results)
     plot_confusion(matrices, classes, run_dir / "confusion.png")
     plot_curves(run["history"], c.select_metric, run_dir / "curves.png")

@@ -1,0 +1,69 @@
+"""Inference input: any waveform or audio file -> a checked 16 kHz mono waveform.
+
+Reading goes through lpmn_fast.data.audio.read_wav (soundfile; torchaudio.load is not used),
+resampling through torchaudio.functional.resample. Every problem raises InputError (a
+ValueError) saying what is wrong, so a caller can report it per file and go on.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torchaudio.functional
+
+from ..data.audio import AudioError, read_wav
+
+SAMPLE_RATE = 16000
+# Below -80 dBFS: digital silence, or the +-1..3 LSB dither of a silent 16-bit recording.
+SILENCE_PEAK = 1e-4
+
+
+class InputError(ValueError):
+    """Audio that cannot be classified: missing, undecodable, empty, silent or too short."""
+
+
+def to_mono_16k(waveform, sample_rate: int) -> torch.Tensor:
+    """waveform: (samples,) or (channels, samples) tensor or array -> float32 (samples,) at 16 kHz.
+
+    Channels are averaged; another rate is resampled (windowed sinc).
+    """
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise InputError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+    wave = torch.as_tensor(np.asarray(waveform) if not isinstance(waveform, torch.Tensor) else waveform)
+    if wave.dim() == 2:
+        wave = wave.float().mean(0)  # (channels, samples), torchaudio's layout
+    elif wave.dim() != 1:
+        raise InputError(f"waveform must be (samples,) or (channels, samples), got shape {tuple(wave.shape)}")
+    if wave.numel() == 0:
+        raise InputError("empty audio (zero samples)")
+    wave = wave.float().cpu()
+    if not torch.isfinite(wave).all():
+        raise InputError("audio contains NaN or Inf samples")
+    if int(sample_rate) != SAMPLE_RATE:
+        wave = torchaudio.functional.resample(wave, int(sample_rate), SAMPLE_RATE)
+    return wave.contiguous()
+
+
+def check_waveform(wave: torch.Tensor, min_samples: int) -> torch.Tensor:
+    """Raise InputError if ``wave`` (samples,) at 16 kHz is silent or shorter than one frame."""
+    if wave.numel() < min_samples:
+        raise InputError(f"too short: {wave.numel() / SAMPLE_RATE:.3f} s ({wave.numel()} samples at 16 kHz) is "
+                         f"less than one frame ({min_samples / SAMPLE_RATE * 1000:g} ms = {min_samples} samples)")
+    peak = float(wave.abs().max())
+    if peak < SILENCE_PEAK:
+        raise InputError(f"all-silent audio (peak amplitude {peak:.2g} < {SILENCE_PEAK:g}, i.e. below -80 dBFS): "
+                         "nothing to classify")
+    return wave
+
+
+def load_audio(path: str | os.PathLike) -> torch.Tensor:
+    """The file at ``path`` as float32 mono (samples,) at 16 kHz; InputError naming the file if unusable."""
+    try:
+        return read_wav(path, SAMPLE_RATE)
+    except FileNotFoundError as error:
+        raise InputError(str(error)) from error
+    except AudioError as error:
+        raise InputError(f"{error} (not an audio file soundfile can read?)"
+                         if "cannot decode" in str(error) else str(error)) from error

@@ -1,0 +1,214 @@
+"""``save_pretrained`` / ``from_pretrained`` for SERModel, in the layout a ``transformers`` user knows.
+
+A model directory holds ``config.json`` (architecture, class names, provenance) and
+``model.safetensors`` (every tensor of ``SERModel.persistent_state()``: the trainable backbone
+part, the head, the Fisher importance, for a probed LPMN the selected prototype indices and the
+probe classifier). The frozen bottom of a HuBERT backbone is not copied: ``from_pretrained``
+reloads it from the HuBERT path recorded in the config (or the ``hubert_path`` given), exactly
+as training did, and says so clearly when that path is missing.
+
+Both files are written atomically, weights first: a crash leaves the previous file under each
+name, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..data.atomic import atomic_path, write_text_atomic
+from ..nn import PrototypeMIL
+from .backbones import FbankBackbone, HubertBackbone
+from .heads import LPMNHead, PoolingHead, ProbeHead
+from .model import SERModel
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_TYPE = "lpmn_fast.SERModel"
+FORMAT_VERSION = 1
+# Architecture fields of a HuBERT checkpoint that the trainable top blocks depend on.
+_HUBERT_SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "conv_dim", "conv_stride",
+                        "conv_kernel", "do_stable_layer_norm", "feat_extract_norm")
+
+
+def _valence_weight(head: torch.nn.Module) -> float:
+    regressor = getattr(head, "valence", None)
+    return float(regressor.loss_weight) if regressor is not None else 0.0
+
+
+def _hubert_fingerprint(backbone: HubertBackbone) -> str:
+    """A short hash of the frozen bottom's weights (float64 sums of each tensor: cheap, and
+    insensitive to a re-save in another file format)."""
+    sums = [f"{k}:{float(v.double().sum()):.6e}" for k, v in sorted(backbone.frozen.state_dict().items())]
+    return hashlib.sha1("\n".join(sums).encode()).hexdigest()[:16]
+
+
+def describe_backbone(backbone: torch.nn.Module) -> dict:
+    """The JSON description ``build_backbone_from_description`` rebuilds ``backbone`` from."""
+    if isinstance(backbone, FbankBackbone):
+        return {"type": "fbank", "num_mel_bins": backbone.num_mel_bins, "hidden": backbone.out_dim,
+                "layers": len(backbone.convs), "kernel": int(backbone.convs[0].kernel_size[0]),
+                "dropout": float(backbone.dropout.p)}
+    if isinstance(backbone, HubertBackbone):
+        path = str(backbone.config.name_or_path)
+        if Path(path).expanduser().exists():
+            path = str(Path(path).expanduser().resolve())
+        return {"type": "hubert", "path": path, "num_layers": backbone.num_layers,
+                "finetune_layers": list(backbone.finetune_layers),
+                "hubert_config": {k: getattr(backbone.config, k) for k in _HUBERT_SHAPE_FIELDS},
+                "frozen_fingerprint": _hubert_fingerprint(backbone)}
+    raise TypeError(f"save_pretrained does not know backbone {type(backbone).__name__}")
+
+
+def describe_head(head: torch.nn.Module) -> dict:
+    """The JSON description ``build_head_from_description`` rebuilds ``head`` from (weights aside)."""
+    common = {"num_classes": head.classifier.out_features, "valence_weight": _valence_weight(head)}
+    if isinstance(head, (LPMNHead, ProbeHead)):
+        mil = head.mil
+        out = {"type": "lpmn" if isinstance(head, LPMNHead) else "probe", "dim": mil.dim,
+               "num_prototypes": mil.num_prototypes, "tau": mil.tau, "kernel": mil.kernel,
+               "fisher_momentum": mil.fisher_momentum, **common}
+        if isinstance(head, LPMNHead):
+            out["quant_weight"] = head.quant_weight
+        return out
+    if isinstance(head, PoolingHead):
+        return {"type": head.mode, "dim": head.classifier.in_features, **common}
+    raise TypeError(f"save_pretrained does not know head {type(head).__name__}")
+
+
+def _valence_kwargs(desc: dict) -> dict:
+    # Only passed when set, so heads without valence support build as before.
+    return {"valence_weight": desc["valence_weight"]} if desc.get("valence_weight") else {}
+
+
+def build_head_from_description(desc: dict, kernel: str | None = None) -> torch.nn.Module:
+    kind, classes = desc["type"], desc["num_classes"]
+    if kind == "lpmn":
+        return LPMNHead(desc["dim"], classes, desc["num_prototypes"], tau=desc["tau"], kernel=kernel or desc["kernel"],
+                        quant_weight=desc["quant_weight"], fisher_momentum=desc["fisher_momentum"],
+                        **_valence_kwargs(desc))
+    if kind == "probe":
+        mil = PrototypeMIL(desc["num_prototypes"], desc["dim"], tau=desc["tau"], kernel=kernel or desc["kernel"],
+                           fisher_momentum=desc["fisher_momentum"])
+        return ProbeHead(mil, classes, **_valence_kwargs(desc))  # ``selected`` comes with the weights
+    if kind in ("ap", "mp"):
+        return PoolingHead(desc["dim"], classes, kind, **_valence_kwargs(desc))
+    raise ValueError(f"unknown head type {kind!r} in the model config")
+
+
+def build_backbone_from_description(desc: dict, hubert_path: str | None = None,
+                                    source: str = "the model") -> torch.nn.Module:
+    if desc["type"] == "fbank":
+        return FbankBackbone(desc["num_mel_bins"], desc["hidden"], desc["layers"], desc["kernel"], desc["dropout"])
+    if desc["type"] != "hubert":
+        raise ValueError(f"unknown backbone type {desc['type']!r} in the model config")
+    path = hubert_path or desc["path"]
+    try:
+        backbone = HubertBackbone(path, desc["num_layers"], tuple(desc["finetune_layers"]))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"{source} uses a HuBERT backbone whose frozen layers are loaded from the pretrained HuBERT it was "
+            f"trained with, recorded as {desc['path']!r}; that could not be loaded"
+            + (f" from {hubert_path!r}" if hubert_path else "")
+            + ". Pass its local directory as hubert_path= (lpmn-predict --hubert-path DIR). Cause: " + str(error)
+        ) from error
+    found = {k: getattr(backbone.config, k) for k in _HUBERT_SHAPE_FIELDS}
+    expected = desc.get("hubert_config", {})
+    differ = {k: (found[k], v) for k, v in expected.items() if _jsonable(found[k]) != v}
+    if differ:
+        raise ValueError(f"the HuBERT at {path!r} is not the one {source} was trained with: "
+                         + ", ".join(f"{k} {a!r} (trained with {b!r})" for k, (a, b) in differ.items()))
+    if desc.get("frozen_fingerprint") and _hubert_fingerprint(backbone) != desc["frozen_fingerprint"]:
+        warnings.warn(f"the frozen HuBERT weights at {path!r} differ from those {source} was trained with "
+                      "(fingerprint mismatch): its predictions will not be the trained model's", stacklevel=3)
+    return backbone
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def save_pretrained(model: SERModel, directory: str | os.PathLike, classes: list[str] | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write ``model`` to ``directory`` (created): config.json + model.safetensors. Returns the directory.
+
+    classes: class names, index = label id (default: ``model.classes`` if set, else class_0, ...).
+    extra: JSON-able provenance stored under ``"extra"`` (e.g. the training config, ``top_k``).
+    Other files in ``directory`` are left alone.
+    """
+    directory = Path(directory)
+    head = describe_head(model.head)
+    classes = list(classes if classes is not None else getattr(model, "classes", None)
+                   or [f"class_{i}" for i in range(head["num_classes"])])
+    if len(classes) != head["num_classes"]:
+        raise ValueError(f"{len(classes)} class names given for a model with {head['num_classes']} classes")
+    config = {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION, "classes": classes,
+              "sample_rate": 16000, "backbone": describe_backbone(model.backbone), "head": head,
+              "extra": _jsonable(extra or {})}
+    # clone(): safetensors refuses tensors sharing storage, and a probe shares its backbone's.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.persistent_state().items()}
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "model_type": MODEL_TYPE})
+    write_text_atomic(directory / CONFIG_NAME, json.dumps(config, indent=1))
+    return directory
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    """config.json of a saved model, with errors naming what is wrong."""
+    path = Path(directory) / CONFIG_NAME
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"model directory not found: {directory}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no lpmn_fast model in {directory}: {CONFIG_NAME} missing (expected a directory "
+                                "written by save_pretrained, e.g. RUN_DIR/model)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    found = config.get("model_type") if isinstance(config, dict) else None
+    if found != MODEL_TYPE:
+        raise ValueError(f"{path} does not describe an lpmn_fast model (model_type {found!r}, expected "
+                         f"{MODEL_TYPE!r})")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path} has format_version {config['format_version']}, newer than this lpmn_fast "
+                         f"understands ({FORMAT_VERSION}); upgrade lpmn_fast")
+    return config
+
+
+def from_pretrained(directory: str | os.PathLike, *, device: str | torch.device = "cpu",
+                    hubert_path: str | None = None, kernel: str | None = None) -> SERModel:
+    """The SERModel saved in ``directory``, in eval mode on ``device``.
+
+    hubert_path: where the pretrained HuBERT of a ``hubert`` model lies, if not (any more) at the
+    path recorded in its config. kernel: override the prototype-MIL backend ("auto", "triton",
+    "torch"). The model gets ``classes`` (list of names) and ``pretrained_config`` (the config dict).
+    """
+    config = read_config(directory)
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} missing: the model directory is incomplete")
+    model = SERModel(build_backbone_from_description(config["backbone"], hubert_path, f"the model in {directory}"),
+                     build_head_from_description(config["head"], kernel))
+    state = load_file(str(weights))
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor of another shape than the config says
+        raise ValueError(f"{weights} does not fit {Path(directory) / CONFIG_NAME}: {error}") from error
+    missing = [k for k in result.missing_keys if not k.startswith("backbone.frozen.")]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{weights} does not fit {Path(directory) / CONFIG_NAME}: missing {missing[:5]}, "
+                         f"unexpected {result.unexpected_keys[:5]}")
+    model.classes = list(config["classes"])
+    model.pretrained_config = config
+    return model.to(device).eval()
+
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "describe_backbone", "describe_head", "from_pretrained", "read_config",
+           "save_pretrained"]
