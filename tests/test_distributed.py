@@ -21,7 +21,7 @@ import torch
 import torch.multiprocessing as mp
 from training_fixtures import write_tiny_corpus
 
-import lpmn_fast.training.loop as loop
+import lpmn_fast.training.corpus as training_corpus
 from lpmn_fast.training import make_config, train
 from lpmn_fast.training.checkpoint import load_checkpoint
 
@@ -41,7 +41,7 @@ def _rank(rank: int, world: int, port: int, corpus, runs: list[dict]) -> None:
     """One torchrun worker: the environment torchrun sets, then train() for each run in turn."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    loop.load_corpus = lambda config: corpus
+    training_corpus.load_corpus = lambda config: corpus
     for fields in runs:
         result = train(make_config(**fields))
         assert result.get("rank", 0) == rank
@@ -55,7 +55,7 @@ def runs(tmp_path_factory):
     corpus = write_tiny_corpus(root / "corpus")
     common = {**TINY, "cache_dir": str(root / "cache")}
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(loop, "load_corpus", lambda config: corpus)
+        m.setattr(training_corpus, "load_corpus", lambda config: corpus)
         train(make_config(**common, run_dir=str(root / "one")))  # also fills the feature cache
     dropout = {**common, "dropout": 0.1}
     two = [{**common, "run_dir": str(root / "two")},

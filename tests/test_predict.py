@@ -18,7 +18,7 @@ import torchaudio.functional
 from training_fixtures import save_tiny_hubert, write_tiny_corpus
 
 import lpmn_fast
-import lpmn_fast.training.loop as loop
+import lpmn_fast.training.corpus as training_corpus
 from lpmn_fast.inference import InputError, Predictor
 from lpmn_fast.inference.chunks import centred_weights, frame_chunks, run_chunked
 from lpmn_fast.models import SERModel
@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory, corpus):
     """A trained tiny LPMN run (it exports model/ and model-probe/)."""
     root = tmp_path_factory.mktemp("run")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "load_corpus", lambda config: corpus)
+        mp.setattr(training_corpus, "load_corpus", lambda config: corpus)
         train(make_config(**TINY, cache_dir=str(root / "cache"), run_dir=str(root / "run")))
     return root / "run"
 

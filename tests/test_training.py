@@ -8,7 +8,7 @@ import pytest
 import torch
 from training_fixtures import save_tiny_hubert, write_tiny_corpus
 
-import lpmn_fast.training.loop as loop
+import lpmn_fast.training.corpus as training_corpus
 from lpmn_fast.train import main as cli_main
 from lpmn_fast.training import make_config, resolve, train, train_step
 from lpmn_fast.training.batching import collate
@@ -30,7 +30,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture
 def use_corpus(corpus, monkeypatch):
     """train() reads this tiny corpus instead of generating the synthetic one."""
-    monkeypatch.setattr(loop, "load_corpus", lambda config: corpus)
+    monkeypatch.setattr(training_corpus, "load_corpus", lambda config: corpus)
     return corpus
 
 

@@ -21,20 +21,15 @@ import yaml
 from tqdm import tqdm
 
 from ..data.atomic import write_text_atomic
-from ..protocol import make_split
 from .batching import epoch_order, iterate_batches, num_batches
-from .build import build_backbone_from_config, build_model, build_optimizer, pick_device
+from .build import build_model, build_optimizer, pick_device
 from .checkpoint import load_checkpoint, load_model_state, read_checkpoint_json, restore_rng, save_checkpoint
 from .config import RUN_CONTROL, TrainConfig, config_dict, resolve
-from .corpus import labelled_set, load_corpus
+from .corpus import prepare_data
 from .plots import plot_confusion, plot_curves
 from .distributed import setup_distributed
 from .probe import linear_probe
-from .steps import LabelledSet, evaluate, init_codebook, lpmn_layer, restart_dead_prototypes, train_step
-
-
-def _labelled_set(backbone, utterances, classes, c, desc: str) -> LabelledSet:
-    return labelled_set(backbone, utterances, classes, c, desc)  # valence too, for corpora that have it
+from .steps import evaluate, init_codebook, lpmn_layer, restart_dead_prototypes, train_step
 
 
 def _same_run(saved: dict, current: dict) -> list[str]:
@@ -92,13 +87,8 @@ def _train(c: TrainConfig) -> dict:
 
     # ---- data -----------------------------------------------------------------------------
     dist.wait_for_main()  # under torchrun, rank 0 makes the corpus and the feature cache first
-    corpus = load_corpus(c)
-    split = make_split(c.split, corpus.utterances, c.test_session, folds=c.folds, seed=c.fold_seed,
-                       valid_fraction=c.valid_fraction)
-    classes = list(corpus.classes)
-    backbone = build_backbone_from_config(c)
-    sets = {name: _labelled_set(backbone, utts, classes, c, f"features ({name})")
-            for name, utts in (("train", split.train), ("valid", split.valid), ("test", split.test))}
+    data = prepare_data(c)
+    corpus, split, classes, backbone, sets = data.corpus, data.split, data.classes, data.backbone, data.sets
     dist.main_done()
 
     # ---- model ----------------------------------------------------------------------------
