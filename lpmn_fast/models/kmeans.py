@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.cluster import MiniBatchKMeans
 
 
 def kmeans_codebook(frames: torch.Tensor, num_prototypes: int, seed: int = 0) -> torch.Tensor:
@@ -13,6 +12,10 @@ def kmeans_codebook(frames: torch.Tensor, num_prototypes: int, seed: int = 0) ->
 
     The prototypes are compared by cosine (eq. 2), so k-means runs on the unit sphere.
     """
+    # Imported here: scikit-learn takes ~0.7 s to import and only training's codebook init needs it,
+    # not ``import lpmn_fast.models`` (inference, lpmn-predict).
+    from sklearn.cluster import MiniBatchKMeans
+
     if frames.dim() != 2:
         raise ValueError(f"frames must be (N, C), got shape {tuple(frames.shape)}")
     if frames.shape[0] < num_prototypes:
