@@ -17,14 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchaudio.compliance import kaldi
 
+from ..ops.reference import frame_mask
+
 SAMPLE_RATE = 16000
 FRAME_SHIFT_MS = 20.0  # HuBERT's frame rate (section 4.1), used by the fbank backbone too
 FRAME_LENGTH_MS = 25.0
-
-
-def frame_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
-    """(B, T) bool, True on valid frames."""
-    return torch.arange(T, device=lengths.device) < lengths[:, None]
 
 
 def fbank_features(wave: torch.Tensor, num_mel_bins: int = 40) -> torch.Tensor:

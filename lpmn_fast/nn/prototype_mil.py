@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import PrototypeMILOutput, prototype_mil
-from ..ops.reference import EPS, compute_dtype
+from ..ops.reference import EPS, compute_dtype, frame_mask
 from ..ops.validation import BACKENDS
 
 
@@ -138,7 +138,7 @@ class PrototypeMIL(nn.Module):
             raise ValueError(f"nearest must have shape (B, T) = {tuple(x.shape[:2])}, got {tuple(nearest.shape)}")
         valid = nearest >= 0
         if lengths is not None:
-            expected = torch.arange(x.shape[1], device=x.device) < lengths[:, None]
+            expected = frame_mask(lengths, x.shape[1])
             if not torch.equal(valid, expected):
                 raise ValueError("nearest does not match lengths: pass the nearest returned for these lengths")
         work = compute_dtype(x.dtype)

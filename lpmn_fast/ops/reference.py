@@ -19,6 +19,11 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def frame_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, T) bool, True on valid frames: lengths (B,) valid-frame counts."""
+    return torch.arange(T, device=lengths.device) < lengths[:, None]
+
+
 def first_argmax(values: torch.Tensor, dim: int) -> torch.Tensor:
     """Index of the maximum along ``dim``, the smallest index among ties."""
     size = values.shape[dim]
@@ -46,7 +51,7 @@ def prototype_mil_reference(
     out_dtype = x.dtype
     work = compute_dtype(x.dtype)
     B, T, _ = x.shape
-    valid = torch.arange(T, device=x.device) < lengths[:, None]  # (B, T)
+    valid = frame_mask(lengths, T)  # (B, T)
 
     # Padding is replaced by zeros so that whatever it holds (even NaN) cannot reach any result.
     xw = torch.where(valid[..., None], x.to(work), 0.0)

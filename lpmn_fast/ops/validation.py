@@ -7,6 +7,8 @@ from numbers import Real
 
 import torch
 
+from .reference import frame_mask
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BACKENDS = ("auto", "torch", "triton")
 
@@ -90,7 +92,7 @@ def validate_inputs(
 
     if check_finite:
         # Padding frames are never read, so only valid frames must be finite.
-        valid = torch.arange(T, device=x.device) < lengths[:, None]
+        valid = frame_mask(lengths, T)
         bad_frames = ~torch.isfinite(x).all(dim=-1) & valid
         if bool(bad_frames.any()):
             where = torch.nonzero(bad_frames)[:5].tolist()
