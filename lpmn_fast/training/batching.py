@@ -40,7 +40,7 @@ def iterate_batches(features, labels: torch.Tensor, order: torch.Tensor, batch_s
                     start: int = 0, valence: torch.Tensor | None = None) -> Iterator[Batch]:
     """Batches of ``order`` (the last may be smaller), skipping the first ``start`` batches;
     ``valence`` (N,) targets, if given, ride along."""
-    for b in range(start, (len(order) + batch_size - 1) // batch_size):
+    for b in range(start, num_batches(len(order), batch_size)):
         idx = order[b * batch_size:(b + 1) * batch_size].tolist()
         yield collate([features[i] for i in idx], labels[idx].tolist(), idx,
                       None if valence is None else valence[idx])
