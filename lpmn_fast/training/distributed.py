@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..models import LPMNHead, masked_frames
 from ..nn import PrototypeMIL
 from .batching import Batch
-from .steps import StepResult
+from .steps import StepResult, unwrap
 
 
 @dataclass
@@ -149,7 +149,7 @@ class Distributed:
         if not self.active:
             return result
         s, head = self._share, _lpmn_head(model)
-        losses = [result.loss, result.ce] + ([result.mse] if getattr(result, "mse", None) is not None else [])
+        losses = [result.loss, result.ce] + ([result.mse] if result.mse is not None else [])
         totals = torch.tensor(losses, dtype=torch.float64, device=self.device) * s.weight
         dist.all_reduce(totals)
         update = {"loss": float(totals[0]), "ce": float(totals[1])}
@@ -182,7 +182,7 @@ def _rows(batch: Batch, lo: int, hi: int) -> Batch:
 
 
 def _lpmn_head(model: torch.nn.Module) -> LPMNHead | None:
-    head = getattr(model, "module", model).head
+    head = unwrap(model).head
     return head if isinstance(head, LPMNHead) else None
 
 
