@@ -31,9 +31,11 @@ from .data.atomic import write_text_atomic
 from .data.problems import CorpusError
 from .protocol import fold_ids
 from .protocol.table import HEADERS, build_table, format_markdown, table_columns
-from .train import _flag_type
+from .train import add_config_flags
 from .training import loop
-from .training.config import RUN_CONTROL, TrainConfig, config_dict, load_config_file, make_config, resolve
+from .training.config import (
+    RUN_CONTROL, TrainConfig, changed_fields, config_dict, load_config_file, make_config, resolve,
+)
 from .training.corpus import Corpus, load_corpus
 from .training.probe import probe_trained_run
 
@@ -85,16 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--fold", type=_int_list, help="comma list of folds to run (sessions for loso splits, 1..folds "
                                                    "for kfold; default: all); the table covers these")
     ex.add_argument("--config", type=Path, help="YAML or JSON file of training config fields; flags override it")
-    train = parser.add_argument_group("training (the fields of lpmn-train; see lpmn-train --help)")
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in PER_RUN:
-            continue
-        text = f.metadata["help"]
-        if "default" not in text:
-            text += f" (default: {getattr(defaults, f.name)})"
-        train.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS, help=text,
-                           **_flag_type(f.type))
+    add_config_flags(parser.add_argument_group("training (the fields of lpmn-train; see lpmn-train --help)"),
+                     skip=PER_RUN)
     return parser
 
 
@@ -145,7 +139,7 @@ def _run_config(plan: Plan, fold: int, head: str, k: int | None = None) -> Train
 
 
 def _check_same(saved: dict, current: dict, where: Path) -> None:
-    changed = [k for k in current if k not in RUN_CONTROL and saved.get(k) != current[k]]
+    changed = changed_fields(saved, current)
     if changed:
         raise ValueError(f"{where} was made with other settings ({changed}); rerun with those settings to resume, "
                          "or choose another --out")
@@ -195,7 +189,7 @@ class Driver:
         self.log(f"{tag} {name}: test {_summary(results['test'], self.columns)} ({results['seconds']} s)")
         return results
 
-    def _probes(self, tag: str, fold: int, k: int, config: TrainConfig) -> None:
+    def _probes(self, tag: str, fold: int, k: int, config: TrainConfig, protocol: dict | None) -> None:
         run_dir = Path(config.run_dir)
         wanted = [kp for kp in self.plan.k_primes if kp <= k]
         settings = {"probe_epochs": self.plan.base.probe_epochs, "probe_lr": self.plan.base.probe_lr}
@@ -214,15 +208,10 @@ class Driver:
         self.log(f"{tag} LPMN-{k}-K' for K' in {todo}: probing the best LPMN-{k} checkpoint")
         for kp, results in probe_trained_run(run_dir, todo, epochs=settings["probe_epochs"],
                                              lr=settings["probe_lr"], progress=self.plan.base.progress):
-            results = {**results, "settings": settings, "protocol": self._protocol_of(run_dir)}
+            results = {**results, "settings": settings, "protocol": protocol}
             write_text_atomic(run_dir / f"probe-K{kp}.json", json.dumps(results, indent=1))
             self.log(f"{tag} {results['name']}: test {_summary(results['test'], self.columns)}")
             self._record(fold, results["name"], results, run_dir)
-
-    @staticmethod
-    def _protocol_of(run_dir: Path) -> dict | None:
-        metrics = run_dir / "metrics.json"
-        return json.loads(metrics.read_text(encoding="utf-8")).get("protocol") if metrics.is_file() else None
 
     def run(self) -> bool:
         """Run every fold; True when all finished, False when a run stopped (stop_after_steps)."""
@@ -241,7 +230,7 @@ class Driver:
                 if name in self.row_names:
                     self._record(fold, name, results, Path(config.run_dir))
                 if config.head == "lpmn" and "lpmn-ps" in plan.rows:
-                    self._probes(tag, fold, config.num_prototypes, config)
+                    self._probes(tag, fold, config.num_prototypes, config, results.get("protocol"))
                 self.write(complete=False)
             self.log(f"{tag} done in {time.perf_counter() - started:.1f} s")
         self.write(complete=True)

@@ -51,18 +51,25 @@ def _flag_type(annotation):
     return {"type": base}
 
 
+def add_config_flags(parser, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per TrainConfig field not in ``skip`` on ``parser`` (a parser or an argument group);
+    a flag not given leaves its field out of the parsed arguments."""
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        text = f.metadata["help"]
+        if "default" not in text:  # fields whose help explains a computed default say so themselves
+            text += f" (default: {getattr(defaults, f.name)})"
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS, help=text,
+                            **_flag_type(f.type))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lpmn-train", description=__doc__, epilog=_EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML or JSON file of config fields; flags given here override it")
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        default = getattr(defaults, f.name)
-        text = f.metadata["help"]
-        if "default" not in text:  # fields whose help explains a computed default say so themselves
-            text += f" (default: {default})"
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS, help=text,
-                            **_flag_type(f.type))
+    add_config_flags(parser)
     return parser
 
 

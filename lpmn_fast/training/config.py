@@ -141,6 +141,11 @@ class TrainConfig:
 RUN_CONTROL = ("resume", "stop_after_steps", "progress", "device", "threads", "run_dir", "cache_dir")
 
 
+def changed_fields(saved: dict, current: dict) -> list[str]:
+    """Fields of the ``current`` config dict that differ from a ``saved`` one of the same run (RUN_CONTROL aside)."""
+    return [k for k in current if k not in RUN_CONTROL and saved.get(k) != current[k]]
+
+
 def resolve(config: TrainConfig) -> TrainConfig:
     """Fill backbone-dependent defaults and check every field; raise ValueError naming a bad one."""
     c = dataclasses.replace(config)

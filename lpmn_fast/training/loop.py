@@ -24,16 +24,12 @@ from ..data.atomic import write_text_atomic
 from .batching import epoch_order, iterate_batches, num_batches
 from .build import build_model, build_optimizer, pick_device
 from .checkpoint import load_checkpoint, load_model_state, read_checkpoint_json, restore_rng, save_checkpoint
-from .config import RUN_CONTROL, TrainConfig, config_dict, resolve
+from .config import TrainConfig, changed_fields, config_dict, resolve
 from .corpus import prepare_data
 from .plots import plot_confusion, plot_curves
 from .distributed import setup_distributed
 from .probe import linear_probe
 from .steps import evaluate, init_codebook, lpmn_layer, restart_dead_prototypes, train_step
-
-
-def _same_run(saved: dict, current: dict) -> list[str]:
-    return [k for k in current if k not in RUN_CONTROL and saved.get(k) != current[k]]
 
 
 def _dump(path: Path, data: dict) -> None:
@@ -81,7 +77,7 @@ def _train(c: TrainConfig) -> dict:
     if not c.resume and last is not None:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another "
                               "--run-dir")
-    if last is not None and (changed := _same_run(last["config"], cfg)):
+    if last is not None and (changed := changed_fields(last["config"], cfg)):
         raise ValueError(f"cannot resume {run_dir}: config differs from the saved run in {changed}")
     torch.manual_seed(c.seed)
 
