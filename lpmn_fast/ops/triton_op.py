@@ -348,21 +348,9 @@ def prototype_mil_fused(
     return PrototypeMILOutput(pooled, frame_index, nearest)
 
 
-def forward_flops(B: int, T: int, C: int, K: int) -> int:
-    """FLOPs (2 per multiply-add) of the fused forward at full lengths: two similarity sweeps."""
-    return 2 * 2 * B * T * K * C
-
-
-def backward_flops(active_rows: int, C: int, K: int, need_dx: bool = True, need_dp: bool = True) -> int:
-    """FLOPs of the fused backward over ``active_rows`` frames: dcos recompute plus one GEMM per gradient."""
-    return 2 * active_rows * K * C * (1 + int(need_dx) + int(need_dp))
-
-
 __all__ = [
     "check_fused_device",
     "prototype_mil_backward",
     "prototype_mil_forward",
     "prototype_mil_fused",
-    "backward_flops",
-    "forward_flops",
 ]

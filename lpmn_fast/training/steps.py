@@ -141,13 +141,6 @@ def predict_all(model: torch.nn.Module, data: LabelledSet, batch_size: int, devi
     return torch.cat(preds), loss_sum / len(data.labels), torch.cat(valence) if valence else None
 
 
-def predict(model: torch.nn.Module, data: LabelledSet, batch_size: int, device: torch.device
-            ) -> tuple[torch.Tensor, float]:
-    """Predicted class per utterance (N,) and the mean cross-entropy, in eval mode."""
-    preds, loss, _ = predict_all(model, data, batch_size, device)
-    return preds, loss
-
-
 def evaluate(model: torch.nn.Module, data: LabelledSet, classes, batch_size: int, device: torch.device) -> dict:
     """WA/UA/F1/confusion matrix of ``model`` on ``data``, plus ``loss`` (mean CE) and, when the
     model regresses valence and ``data`` has it, ``valence_mse``."""
