@@ -14,8 +14,7 @@ import torch
 import torchaudio.functional
 
 from ..data.audio import AudioError, read_wav
-
-SAMPLE_RATE = 16000
+from ..models.backbones import SAMPLE_RATE
 # Below -80 dBFS: digital silence, or the +-1..3 LSB dither of a silent 16-bit recording.
 SILENCE_PEAK = 1e-4
 

@@ -25,10 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models import FbankBackbone, HubertBackbone, LPMNHead, PoolingHead, ProbeHead
-from ..models.backbones import FRAME_LENGTH_MS, FRAME_SHIFT_MS
+from ..models.backbones import FRAME_LENGTH_MS, FRAME_SHIFT_MS, SAMPLE_RATE
 from ..ops.reference import EPS
-
-SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True)
@@ -53,12 +51,6 @@ def frame_geometry(backbone: torch.nn.Module) -> FrameGeometry:
             shift *= stride
         return FrameGeometry(shift, window)
     raise TypeError(f"no frame geometry for backbone {type(backbone).__name__}")
-
-
-def num_frames(backbone: torch.nn.Module, samples: int) -> int:
-    """Frames the backbone makes of ``samples`` samples (0 if fewer than one frame)."""
-    g = frame_geometry(backbone)
-    return 0 if samples < g.window else 1 + (samples - g.window) // g.shift
 
 
 def receptive_context(backbone: FbankBackbone) -> int:

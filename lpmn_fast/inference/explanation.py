@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.backbones import SAMPLE_RATE
 from .chunks import FrameGeometry, Pooled, centred_weights
 
 EVIDENCE_DEFINITION = ("evidence[t, c] = sum over prototypes k whose max-over-time frame is t of "
@@ -56,7 +57,7 @@ class Explanation:
             return {c: [round(v, decimals) for v in e[:, i].tolist()] for i, c in enumerate(self.classes)}
 
         return {
-            "frame_shift_s": self.geometry.shift / 16000, "frame_window_s": self.geometry.window / 16000,
+            "frame_shift_s": self.geometry.shift / SAMPLE_RATE, "frame_window_s": self.geometry.window / SAMPLE_RATE,
             "num_frames": self.num_frames,
             "frame_time_definition": "frame t covers [t * frame_shift_s, t * frame_shift_s + frame_window_s); "
                                      "time_s is its centre",

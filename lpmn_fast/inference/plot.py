@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..data.atomic import atomic_path  # noqa: E402
+from ..models.backbones import SAMPLE_RATE  # noqa: E402
 from .explanation import Explanation  # noqa: E402
 
 _MAX_POINTS = 4000  # waveform points drawn; longer inputs are drawn as a min/max envelope
@@ -37,7 +38,7 @@ def plot_explanation(wave: torch.Tensor, explanation: Explanation, path: str | P
     times = explanation.geometry.time_s(np.arange(explanation.num_frames))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True, height_ratios=(1, 1.6),
                                       layout="constrained")
-    t, lo, hi = _envelope(wave.float().cpu().numpy(), 16000)
+    t, lo, hi = _envelope(wave.float().cpu().numpy(), SAMPLE_RATE)
     top.fill_between(t, lo, hi, color="0.35", linewidth=0.5)
     top.set_ylabel("waveform")
     top.set_title(title, fontsize=10)
