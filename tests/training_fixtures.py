@@ -42,12 +42,9 @@ def write_tiny_corpus(root: Path, sessions: int = 3, per_speaker: int = 4, seed:
             speaker = f"Ses{s:02d}{gender}"
             for i in range(per_speaker):
                 label = IEMOCAP_CLASSES[i % len(IEMOCAP_CLASSES)]
-                t = np.arange(int(16000 * rng.uniform(0.4, 0.8))) / 16000
-                wave = 0.3 * np.sin(2 * np.pi * 200 * (1 + IEMOCAP_CLASSES.index(label)) * t)
-                wave += 0.02 * rng.standard_normal(t.size)
                 path = root / f"{speaker}_{i:03d}.wav"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                soundfile.write(path, wave.astype(np.float32), 16000)
+                soundfile.write(path, _tone(rng, IEMOCAP_CLASSES.index(label), rng.uniform(0.4, 0.8)), 16000)
                 utterances.append(Utterance(f"{speaker}_{i:03d}", path, label, s, speaker))
     return Corpus(root, tuple(utterances), IEMOCAP_CLASSES)
 
