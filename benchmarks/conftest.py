@@ -106,11 +106,11 @@ class BenchEnv:
         pytest.skip(reason)
 
     def write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from lpmn_fast.data.atomic import write_text_atomic
+
         doc = {**self.doc, "records": derive(self.doc["records"])}
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, self.path)  # readers never see half a file, even if the run is killed
+        # Atomic: readers never see half a file, even if the run is killed.
+        write_text_atomic(self.path, json.dumps(doc, indent=1) + "\n")
 
 
 @pytest.fixture(scope="session")
