@@ -33,10 +33,10 @@ from tqdm import tqdm
 from .atomic import write_text_atomic
 from .audio import write_wav
 from .corpus import IEMOCAP_CLASSES
+from .iemocap import SYNTHETIC_MANIFEST as MANIFEST_NAME  # by it the loader tells this corpus from the release
 from .speech_synth import SAMPLE_RATE, blend, random_nuisance, random_voice, render_utterance
 
 GENERATOR_VERSION = 1  # bump whenever the same parameters would give different audio
-MANIFEST_NAME = "synthetic_manifest.json"
 SEGMENTS_NAME = "segments.json"
 _IN_PROGRESS_NAME = ".synthetic_in_progress.json"  # parameters of a run that has not finished yet
 _MARGIN_S = 0.3  # room before and after the segment for the leading/trailing silence and pauses
