@@ -7,6 +7,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+# State of the frozen pretrained bottom of a HuBERT backbone: never saved, reloaded from its path.
+FROZEN_PREFIX = "backbone.frozen."
+
 
 class ModelOutput(NamedTuple):
     """logits (B, classes); aux_loss scalar (quantization loss for LPMN, else 0); nearest (B, T)
@@ -40,7 +43,13 @@ class SERModel(nn.Module):
     def persistent_state(self) -> dict[str, torch.Tensor]:
         """The state a checkpoint needs: everything but the frozen pretrained bottom of a HuBERT
         backbone, which is reloaded from its path."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.frozen.")}
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(FROZEN_PREFIX)}
+
+    def load_persistent_state(self, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+        """Load tensors saved from :meth:`persistent_state` (not strict); return the keys missing from
+        ``state`` other than the frozen bottom's, and the unexpected ones (both empty when it fits)."""
+        result = self.load_state_dict(state, strict=False)
+        return [k for k in result.missing_keys if not k.startswith(FROZEN_PREFIX)], list(result.unexpected_keys)
 
     def save_pretrained(self, directory, classes=None, extra: dict | None = None):
         """Write config.json + model.safetensors to ``directory`` (see lpmn_fast.models.pretrained)."""

@@ -198,13 +198,12 @@ def from_pretrained(directory: str | os.PathLike, *, device: str | torch.device 
                      build_head_from_description(config["head"], kernel))
     state = load_file(str(weights))
     try:
-        result = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_persistent_state(state)
     except RuntimeError as error:  # a tensor of another shape than the config says
         raise ValueError(f"{weights} does not fit {Path(directory) / CONFIG_NAME}: {error}") from error
-    missing = [k for k in result.missing_keys if not k.startswith("backbone.frozen.")]
-    if missing or result.unexpected_keys:
+    if missing or unexpected:
         raise ValueError(f"{weights} does not fit {Path(directory) / CONFIG_NAME}: missing {missing[:5]}, "
-                         f"unexpected {result.unexpected_keys[:5]}")
+                         f"unexpected {unexpected[:5]}")
     model.classes = list(config["classes"])
     model.pretrained_config = config
     return model.to(device).eval()

@@ -104,9 +104,7 @@ def load_checkpoint(directory: str | Path, name: str) -> tuple[dict, dict[str, t
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a checkpoint's model tensors; only the frozen pretrained HuBERT bottom may be absent."""
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("backbone.frozen.")]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"checkpoint does not fit the model: missing {missing[:5]}, "
-                         f"unexpected {result.unexpected_keys[:5]}")
+    """Load a checkpoint's model tensors into a SERModel; only the frozen pretrained HuBERT bottom may be absent."""
+    missing, unexpected = model.load_persistent_state(state)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
