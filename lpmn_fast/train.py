@@ -16,14 +16,13 @@ import dataclasses
 import json
 import sys
 import textwrap
-import time
 import types
 import typing
 from pathlib import Path
 
 from .data.atomic import write_text_atomic
 from .training.config import (
-    FBANK_DEMO_DEFAULTS, PAPER_DEFAULTS, TrainConfig, load_config_file, make_config, resolve,
+    FBANK_DEMO_DEFAULTS, PAPER_DEFAULTS, TrainConfig, default_run_root, load_config_file, make_config, resolve,
 )
 from .training.loop import train
 
@@ -103,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         fields, heads = config_from_args(argv)
         if len(heads) > 1:
             base = resolve(make_config(**{**fields, "head": heads[0]}))
-            root = Path(fields.get("run_dir") or
-                        Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{base.data}-{base.backbone}")
+            root = Path(fields.get("run_dir") or default_run_root(base.data, base.backbone))
             configs = [make_config(**{**fields, "head": h, "run_dir": str(root / h)}) for h in heads]
             # --resume continues the heads that have a checkpoint and starts those that never got one.
             configs = [dataclasses.replace(c, resume=c.resume and (Path(c.run_dir) / "checkpoints" / "last.json")

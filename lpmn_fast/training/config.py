@@ -146,6 +146,11 @@ def changed_fields(saved: dict, current: dict) -> list[str]:
     return [k for k in current if k not in RUN_CONTROL and saved.get(k) != current[k]]
 
 
+def default_run_root(data: str, backbone: str) -> Path:
+    """``runs/<date-time>-<data>-<backbone>``: where a run (suffixed ``-<head>``) or a comparison goes by default."""
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{data}-{backbone}"
+
+
 def resolve(config: TrainConfig) -> TrainConfig:
     """Fill backbone-dependent defaults and check every field; raise ValueError naming a bad one."""
     c = dataclasses.replace(config)
@@ -162,7 +167,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if c.resume and c.run_dir is None:
         raise ValueError("resume needs run_dir (--run-dir): the directory of the run to continue")
     if c.run_dir is None:
-        c.run_dir = str(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{c.data}-{c.backbone}-{c.head}")
+        c.run_dir = f"{default_run_root(c.data, c.backbone)}-{c.head}"
     _check(c)
     return c
 
