@@ -16,12 +16,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
     in either array. The confusion matrix (rows: truth, columns: prediction) covers every class
     in ``classes``, in that order.
     """
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise ValueError(f"y_true and y_pred must be 1-d of equal length, got {y_true.shape} and {y_pred.shape}")
-    if y_true.size == 0:
-        raise ValueError("cannot compute metrics of an empty evaluation set")
+    y_true, y_pred = _paired(y_true, y_pred, np.int64, ("y_true", "y_pred"), "metrics")
     n = len(classes)
     for name, y in (("y_true", y_true), ("y_pred", y_pred)):
         if y.min() < 0 or y.max() >= n:
@@ -40,12 +35,18 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
 
 def valence_metrics(v_true: Sequence[float], v_pred: Sequence[float]) -> dict:
     """``valence_mse``: mean squared error of predicted against annotated valence (MER2023)."""
-    v_true = np.asarray(v_true, dtype=np.float64)
-    v_pred = np.asarray(v_pred, dtype=np.float64)
-    if v_true.shape != v_pred.shape or v_true.ndim != 1:
-        raise ValueError(f"v_true and v_pred must be 1-d of equal length, got {v_true.shape} and {v_pred.shape}")
-    if v_true.size == 0:
-        raise ValueError("cannot compute the valence MSE of an empty evaluation set")
+    v_true, v_pred = _paired(v_true, v_pred, np.float64, ("v_true", "v_pred"), "the valence MSE")
     if not (np.isfinite(v_true).all() and np.isfinite(v_pred).all()):
         raise ValueError("valence values must be finite (NaN or Inf found)")
     return {"valence_mse": float(mean_squared_error(v_true, v_pred))}
+
+
+def _paired(a, b, dtype, names: tuple[str, str], what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` as 1-d arrays of ``dtype`` and equal, non-zero length; ValueError otherwise."""
+    a = np.asarray(a, dtype=dtype)
+    b = np.asarray(b, dtype=dtype)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"{names[0]} and {names[1]} must be 1-d of equal length, got {a.shape} and {b.shape}")
+    if a.size == 0:
+        raise ValueError(f"cannot compute {what} of an empty evaluation set")
+    return a, b
