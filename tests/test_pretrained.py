@@ -47,7 +47,7 @@ def test_round_trip_gives_the_same_model(tmp_path, head):
     if head == "probe":
         model = build_probe_model(model, 4, len(CLASSES)).eval()
     model.save_pretrained(tmp_path / "saved", CLASSES, {"note": "x"})
-    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["README.md", CONFIG_NAME, WEIGHTS_NAME]
 
     loaded = SERModel.from_pretrained(tmp_path / "saved")
     assert not loaded.training and loaded.classes == CLASSES

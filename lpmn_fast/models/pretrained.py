@@ -8,7 +8,11 @@ reloads it from the HuBERT path recorded in the config (or the ``hubert_path`` g
 as training did, and says so clearly when that path is missing.
 
 Both files are written atomically, weights first: a crash leaves the previous file under each
-name, never a half-written one.
+name, never a half-written one. The model card (README.md, lpmn_fast.models.card) follows.
+
+``SERModel`` saves and loads through ``huggingface_hub.ModelHubMixin``: ``from_pretrained``
+takes this folder or a Hub repository id with a revision (:func:`download` resolves it, from the
+local Hugging Face cache when offline) and ``push_to_hub`` uploads the folder.
 """
 
 from __future__ import annotations
@@ -135,12 +139,14 @@ def _jsonable(value):
 
 
 def save_pretrained(model: SERModel, directory: str | os.PathLike, classes: list[str] | None = None,
-                    extra: dict | None = None) -> Path:
-    """Write ``model`` to ``directory`` (created): config.json + model.safetensors. Returns the directory.
+                    extra: dict | None = None, *, card: bool = True, repo_id: str | None = None) -> Path:
+    """Write ``model`` to ``directory`` (created): config.json + model.safetensors, and with ``card``
+    the model card README.md (+ confusion.png when ``extra`` holds a test evaluation). Returns the directory.
 
     classes: class names, index = label id (default: ``model.classes`` if set, else class_0, ...).
-    extra: JSON-able provenance stored under ``"extra"`` (e.g. the training config, ``top_k``).
-    Other files in ``directory`` are left alone.
+    extra: JSON-able provenance stored under ``"extra"`` (e.g. the training config, ``top_k``, the
+    run's ``evaluation`` and ``provenance``, which the card shows). repo_id: the Hub id the card's
+    usage example names. Other files in ``directory`` are left alone.
     """
     directory = Path(directory)
     head = describe_head(model.head)
@@ -157,7 +163,61 @@ def save_pretrained(model: SERModel, directory: str | os.PathLike, classes: list
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "model_type": MODEL_TYPE})
     write_text_atomic(directory / CONFIG_NAME, json.dumps(config, indent=1))
+    if card:
+        from .card import write_card
+
+        write_card(directory, config, repo_id)
     return directory
+
+
+def is_local_path(name: str | os.PathLike) -> bool:
+    """Whether ``name`` means a local folder rather than a Hub repository id ("org/name"): a Path
+    object, an existing path, or text that cannot be a repository id (absolute, ./, ~, several /)."""
+    if isinstance(name, os.PathLike) or os.path.exists(name):
+        return True
+    text = str(name)
+    return os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
+
+
+def hub_errors() -> tuple[type[Exception], ...]:
+    """The huggingface_hub exceptions that mean "this repository/revision could not be had"."""
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
+
+    return HfHubHTTPError, EntryNotFoundError, HFValidationError, OfflineModeIsEnabled
+
+
+def hub_error(repo_id: str, revision: str | None, cache_dir, local_files_only: bool, error: Exception
+              ) -> FileNotFoundError:
+    """A FileNotFoundError that says why Hub model ``repo_id`` could not be loaded."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError
+
+    if isinstance(error, HFValidationError):
+        return FileNotFoundError(f"model not found: {repo_id!r} is neither a local folder nor a valid Hugging Face "
+                                 f"Hub repository id ({error})")
+    offline = local_files_only or constants.HF_HUB_OFFLINE
+    where = Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
+    return FileNotFoundError(
+        f"could not load model {repo_id!r}" + (f" at revision {revision!r}" if revision else "") + ": not a local "
+        "folder, and " + (f"offline (HF_HUB_OFFLINE=1 or local_files_only) it is not in the Hugging Face cache {where}"
+                          if offline else "the Hugging Face Hub did not provide it")
+        + f". Cause: {type(error).__name__}: {error}")
+
+
+def download(repo_id: str, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+             force_download: bool = False, local_files_only: bool = False, token: str | bool | None = None) -> Path:
+    """The local folder of Hub model ``repo_id`` at ``revision`` (branch, tag or commit; default main),
+    downloaded into the Hugging Face cache if needed. Offline (``HF_HUB_OFFLINE=1`` or
+    ``local_files_only``) it comes from the cache (``HF_HUB_CACHE`` or ``cache_dir``) or fails
+    with a FileNotFoundError that says so."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                                   local_files_only=local_files_only, token=token)
+    except hub_errors() as error:
+        raise hub_error(repo_id, revision, cache_dir, local_files_only, error) from error
+    return Path(folder)
 
 
 def read_config(directory: str | os.PathLike) -> dict:
@@ -209,5 +269,5 @@ def from_pretrained(directory: str | os.PathLike, *, device: str | torch.device 
     return model.to(device).eval()
 
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "describe_backbone", "describe_head", "from_pretrained", "read_config",
-           "save_pretrained"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "describe_backbone", "describe_head", "download", "from_pretrained",
+           "hub_error", "hub_errors", "is_local_path", "read_config", "save_pretrained"]

@@ -19,6 +19,7 @@ import yaml
 from ..models.heads import HEADS
 from ..ops.validation import BACKENDS
 from ..protocol.splits import SPLITS
+from .logs import LOG_KINDS
 
 DATASETS = ("synthetic", "iemocap", "mer2023")
 BACKBONES = ("fbank", "hubert")
@@ -134,11 +135,16 @@ class TrainConfig:
     stop_after_steps: int | None = _f(None, "stop abruptly after this many optimizer steps in total, as if "
                                             "killed (no extra checkpoint); to test --resume (default: never)")
     progress: bool = _f(True, "show progress bars")
+    log: str = _f("csv", "live per-epoch log, written as each epoch ends: 'csv' (RUN_DIR/metrics.csv), "
+                         "'tensorboard' (event files under RUN_DIR/tb/; needs the tensorboard package) or 'none'; "
+                         "messages and warnings always go to RUN_DIR/train.log too")
 
 
 # Fields that may differ between an interrupted run and its resumption (where the run and the
 # caches lie included: a moved run folder still resumes, and cached features are exact anywhere).
 RUN_CONTROL = ("resume", "stop_after_steps", "progress", "device", "threads", "run_dir", "cache_dir")
+# The live-log backend does not change results either (and runs saved before it existed still resume).
+RUN_CONTROL = RUN_CONTROL + ("log",)
 
 
 def changed_fields(saved: dict, current: dict) -> list[str]:
@@ -213,6 +219,7 @@ def _check(c: TrainConfig) -> None:
     need(0 <= c.synthetic_difficulty <= 1, f"synthetic_difficulty must be in [0, 1], got {c.synthetic_difficulty}")
     need(c.threads is None or c.threads >= 1, f"threads must be >= 1, got {c.threads}")
     need(c.stop_after_steps is None or c.stop_after_steps >= 1, "stop_after_steps must be >= 1")
+    need(c.log in LOG_KINDS, f"unknown log {c.log!r}; choose one of {LOG_KINDS}")
 
 
 def config_dict(config: TrainConfig) -> dict:

@@ -12,6 +12,8 @@ a generator seeded by (seed, step), and the checkpoint holds model, optimizer an
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,8 +30,13 @@ from .config import TrainConfig, changed_fields, config_dict, resolve
 from .corpus import prepare_data
 from .plots import plot_confusion, plot_curves
 from .distributed import setup_distributed
+from .logs import EpochLog, run_logging
+from ..models.card import run_evaluation
+from ..provenance import provenance
 from .probe import linear_probe
 from .steps import evaluate, init_codebook, lpmn_layer, restart_dead_prototypes, train_step
+
+log = logging.getLogger(__name__)
 
 
 def _dump(path: Path, data: dict) -> None:
@@ -59,7 +66,8 @@ def train(config: TrainConfig) -> dict:
     An interrupted run (``stop_after_steps``) returns ``{"interrupted": True, ...}``.
     """
     c = resolve(config)
-    with _torch_settings(c.threads):
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes train.log
+    with _torch_settings(c.threads), run_logging(c.run_dir, console=c.progress, enabled=rank0):
         return _train(c)
 
 
@@ -104,6 +112,7 @@ def _train(c: TrainConfig) -> dict:
             run["kmeans_frames"] = init_codebook(model, sets["train"], c.kmeans_frames, c.batch_size, c.seed, device)
     dist.broadcast_model(model)  # rank 0's codebook to every rank
     train_model = dist.wrap(model)  # DDP under torchrun
+    logs = EpochLog(run_dir, c.log, completed_epochs=run["epoch"], enabled=dist.is_main)  # metrics.csv / tb/
     if dist.is_main:
         write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
 
@@ -137,6 +146,7 @@ def _train(c: TrainConfig) -> dict:
                 checkpoint()
             if c.stop_after_steps is not None and run["step"] >= c.stop_after_steps:
                 bar.close()  # abruptly, as a kill would: no checkpoint beyond the periodic ones
+                logs.close()
                 return {"interrupted": True, "step": run["step"], "epoch": epoch, "run_dir": str(run_dir),
                         "rank": dist.rank}
 
@@ -148,10 +158,11 @@ def _train(c: TrainConfig) -> dict:
         improved = run["best"] is None or valid[c.select_metric] > run["best"]["value"]
         if improved:
             run["best"] = {"epoch": epoch + 1, "step": run["step"], "value": valid[c.select_metric]}
-        if c.progress and dist.is_main:
-            tqdm.write(f"epoch {epoch + 1}: train loss {run['history'][-1]['train_loss']:.4f} | valid WA "
-                       f"{valid['wa']:.4f} UA {valid['ua']:.4f} F1 {valid['macro_f1']:.4f}"
-                       + (" (best)" if improved else ""))
+        logs.epoch(run["history"][-1], restarts=run["restarts"], lr=optimizer.param_groups[0]["lr"])
+        if dist.is_main:
+            log.info(f"epoch {epoch + 1}: train loss {run['history'][-1]['train_loss']:.4f} | valid WA "
+                     f"{valid['wa']:.4f} UA {valid['ua']:.4f} F1 {valid['macro_f1']:.4f}"
+                     + (" (best)" if improved else ""))
         run.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss=0.0, epoch_ce=0.0)
         if improved:
             checkpoint("best")
@@ -183,18 +194,33 @@ def _train(c: TrainConfig) -> dict:
         head_state = {f"head.{k}": v for k, v in probe.head.state_dict().items()}
         save_checkpoint(ckpt_dir, "probe", head_state, None, {"config": cfg, "top_k": c.top_k}, run["step"])
         probe.save_pretrained(run_dir / "model-probe", classes, {"name": probe_results["name"], "top_k": c.top_k,
-                                                                 "train_config": cfg})  # for lpmn-predict
+                                                                 "train_config": cfg,  # for lpmn-predict
+                                                                 "evaluation": run_evaluation(results, probe_results),
+                                                                 "provenance": _provenance(c, device, started)})
         matrices[probe_results["name"]] = probe_results["test"]["confusion_matrix"]
 
     # ---- outputs ----------------------------------------------------------------------------
     results["history"] = run["history"]
     results["config"] = cfg
     results["seconds"] = round(time.perf_counter() - started, 1)
-    model.save_pretrained(run_dir / "model", classes, {"name": results["name"], "top_k": c.top_k, "train_config": cfg})
+    results["provenance"] = _provenance(c, device, started)
+    logs.close()
+    model.save_pretrained(run_dir / "model", classes, {"name": results["name"], "top_k": c.top_k, "train_config": cfg,
+                                                       "evaluation": run_evaluation(results),
+                                                       "provenance": results["provenance"]})
     _dump(run_dir / "metrics.json", results)
     plot_confusion(matrices, classes, run_dir / "confusion.png")
     plot_curves(run["history"], c.select_metric, run_dir / "curves.png")
     return results
+
+
+def _provenance(c: TrainConfig, device: torch.device, started: float) -> dict:
+    """lpmn_fast.provenance of this run: code, libraries, device, precision, kernel, wall time so far."""
+    from ..ops.prototype_mil import resolve_backend
+
+    kernel = {"asked": c.kernel, "used": resolve_backend(c.kernel, device)} if c.head == "lpmn" else None
+    return provenance(device=device, precision=getattr(c, "precision", None) or "float32", kernel=kernel,
+                      seconds=time.perf_counter() - started)
 
 
 def _display_name(c: TrainConfig) -> str:
