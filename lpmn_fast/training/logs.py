@@ -173,7 +173,7 @@ def run_logging(run_dir: str | os.PathLike, console: bool = True, enabled: bool 
         # Into train.log directly (not through a logger, which could print it a second time) ...
         record = logging.makeLogRecord({
             "name": "py.warnings", "levelno": logging.WARNING, "levelname": "WARNING",
-            "msg": warnings.formatwarning(message, category, filename, lineno, line).rstrip()})
+            "msg": f"{filename}:{lineno}: {category.__name__}: {message}"})
         file_handler.handle(record)
         # ... then wherever warnings went before (the console, or pytest's recorder).
         previous_show(message, category, filename, lineno, file, line)
