@@ -16,6 +16,10 @@ saved as OUT/fold-<f>/lpmn-K<K>/probe-K<K'>.json. Frozen backbone features are c
 Results: OUT/results.md and OUT/results.json (per fold, and mean ± std over folds), rewritten
 after every run. Every flag of lpmn-train is accepted except those the driver sets per run
 (--head, --num-prototypes, --top-k, --test-session, --run-dir, --resume).
+
+--seeds 0,1,2 trains every fold and row once per seed, into OUT/seed-<s>/fold-<f>/<row>/; the
+tables then give mean ± std over all folds and seeds, the per-seed results and the spread over
+seeds. results.json records the code, library versions and device that made it (provenance).
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from pathlib import Path
 from .data.atomic import write_text_atomic
 from .data.problems import CorpusError
 from .protocol import fold_ids
-from .protocol.table import HEADERS, build_table, format_markdown, table_columns
+from .protocol.table import HEADERS, build_seed_table, build_table, format_markdown, table_columns
+from .provenance import describe, provenance
 from .train import add_config_flags
 from .training import loop
 from .training.config import (
@@ -60,6 +65,16 @@ def _int_list(text: str) -> list[int]:
     return list(dict.fromkeys(values))  # drop repeats, keep order
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of integer seeds, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected seeds >= 0, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
 def _rows(text: str) -> list[str]:
     rows = [r.strip() for r in text.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]
@@ -86,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "all probe one trained LPMN-K (default: --top-k's default)")
     ex.add_argument("--fold", type=_int_list, help="comma list of folds to run (sessions for loso splits, 1..folds "
                                                    "for kfold; default: all); the table covers these")
+    ex.add_argument("--seeds", type=_seed_list, help="comma list of training seeds, e.g. 0,1,2: every fold and row is "
+                                                      "trained once per seed (into OUT/seed-<s>/), and the tables give "
+                                                      "mean ± std over folds and seeds plus the spread over seeds "
+                                                      "(default: one run per fold with --seed)")
     ex.add_argument("--config", type=Path, help="YAML or JSON file of training config fields; flags override it")
     add_config_flags(parser.add_argument_group("training (the fields of lpmn-train; see lpmn-train --help)"),
                      skip=PER_RUN)
@@ -94,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclasses.dataclass
 class Plan:
-    """What one experiment runs: the base config (resolved), rows, K and K' lists, folds, where."""
+    """What one experiment runs: the base config (resolved), rows, K and K' lists, folds, where, and
+    the training seeds (one: today's layout OUT/fold-<f>/; several: OUT/seed-<s>/fold-<f>/)."""
 
     base: TrainConfig
     rows: list[str]
@@ -102,18 +122,25 @@ class Plan:
     k_primes: list[int]
     folds: list[int]
     out: Path
+    seeds: list[int] = dataclasses.field(default_factory=list)
+
+    @property
+    def several_seeds(self) -> bool:
+        return len(self.seeds) > 1
 
 
 def make_plan(argv: list[str] | None = None) -> tuple[Plan, Corpus]:
     """The plan of the command line ``argv`` and the loaded corpus (checked once, up front)."""
     args = vars(build_parser().parse_args(argv))
-    experiment = {k: args.pop(k) for k in ("out", "rows", "k", "k_prime", "fold", "config")}
+    experiment = {k: args.pop(k) for k in ("out", "rows", "k", "k_prime", "fold", "seeds", "config")}
     fields = load_config_file(experiment["config"]) if experiment["config"] else {}
     fields.update(args)
     per_run = sorted(set(fields) & set(PER_RUN))
     if per_run:
         raise ValueError(f"{per_run} are set by lpmn-experiment per run (use --k, --k-prime, --fold, --out); "
                          "remove them from the config file")
+    if experiment["seeds"] and "seed" in fields:
+        raise ValueError("give either --seed (one seed) or --seeds (several), not both")
     base = resolve(make_config(**{**fields, "run_dir": "unused", "test_session": 1}))  # both set per run
     ks = experiment["k"] or [base.num_prototypes]
     k_primes = experiment["k_prime"] or [base.top_k]
@@ -124,14 +151,21 @@ def make_plan(argv: list[str] | None = None) -> tuple[Plan, Corpus]:
     missing = [f for f in chosen if f not in folds]
     if missing:
         raise ValueError(f"folds {missing} do not exist; split {base.split!r} of this corpus has folds {folds}")
-    return Plan(base, experiment["rows"], ks, k_primes, sorted(chosen), Path(out)), corpus
+    return Plan(base, experiment["rows"], ks, k_primes, sorted(chosen), Path(out),
+                experiment["seeds"] or [base.seed]), corpus
 
 
-def _run_config(plan: Plan, fold: int, head: str, k: int | None = None) -> TrainConfig:
+def _run_key(plan: Plan, fold: int, seed: int) -> str:
+    """The run's folder under OUT (and its key in results.json's runs): fold-<f>, or seed-<s>/fold-<f>."""
+    return f"seed-{seed}/fold-{fold}" if plan.several_seeds else f"fold-{fold}"
+
+
+def _run_config(plan: Plan, fold: int, head: str, k: int | None = None, seed: int | None = None) -> TrainConfig:
     name = head if k is None else f"lpmn-K{k}"
-    run_dir = plan.out / f"fold-{fold}" / name
+    seed = plan.base.seed if seed is None else seed
+    run_dir = plan.out / _run_key(plan, fold, seed) / name
     fields = {**dataclasses.asdict(plan.base), "head": head, "test_session": fold, "run_dir": str(run_dir),
-              "resume": (run_dir / "checkpoints" / "last.json").is_file()}
+              "resume": (run_dir / "checkpoints" / "last.json").is_file(), "seed": seed}
     if k is not None:
         # The driver probes every K' itself from the best checkpoint: no probe inside train().
         fields.update(num_prototypes=k, top_k=k, probe_epochs=0)
@@ -156,7 +190,8 @@ class Driver:
     def __init__(self, plan: Plan, corpus: Corpus, log=print):
         self.plan, self.corpus, self.log = plan, corpus, log
         self.columns = table_columns(plan.base.data)
-        self.per_fold: dict[str, dict[str, dict]] = {}
+        self.started = time.perf_counter()
+        self.per_seed: dict[str, dict[str, dict[str, dict]]] = {}  # row -> seed -> fold -> test metrics
         self.runs: dict[str, dict[str, dict]] = {}
         self.skipped: list[str] = []
         self.row_names = ([r.upper() for r in ("ap", "mp") if r in plan.rows]
@@ -166,9 +201,10 @@ class Driver:
         if "lpmn-ps" in plan.rows:
             self.skipped = [f"LPMN-{k}-{kp}: K' > K" for k in plan.ks for kp in plan.k_primes if kp > k]
 
-    def _record(self, fold: int, name: str, results: dict, run_dir: Path) -> None:
-        self.per_fold.setdefault(name, {})[str(fold)] = results["test"]
-        self.runs.setdefault(str(fold), {})[name] = {
+    def _record(self, fold: int, name: str, results: dict, run_dir: Path, seed: int) -> None:
+        self.per_seed.setdefault(name, {}).setdefault(str(seed), {})[str(fold)] = results["test"]
+        key = _run_key(self.plan, fold, seed) if self.plan.several_seeds else str(fold)
+        self.runs.setdefault(key, {})[name] = {
             "run_dir": str(run_dir), "protocol": results.get("protocol"), "best_epoch": results.get("best_epoch"),
             "valid": {c: results["valid"].get(c) for c in self.columns}, "seconds": results.get("seconds")}
 
@@ -190,6 +226,7 @@ class Driver:
         return results
 
     def _probes(self, tag: str, fold: int, k: int, config: TrainConfig, protocol: dict | None) -> None:
+        seed = config.seed
         run_dir = Path(config.run_dir)
         wanted = [kp for kp in self.plan.k_primes if kp <= k]
         settings = {"probe_epochs": self.plan.base.probe_epochs, "probe_lr": self.plan.base.probe_lr}
@@ -200,7 +237,7 @@ class Driver:
                 results = json.loads(file.read_text(encoding="utf-8"))
                 _check_same(results["settings"], settings, file)
                 self.log(f"{tag} {results['name']}: finished earlier, read {file}")
-                self._record(fold, results["name"], results, run_dir)
+                self._record(fold, results["name"], results, run_dir, seed)
             else:
                 todo.append(kp)
         if not todo:
@@ -211,24 +248,26 @@ class Driver:
             results = {**results, "settings": settings, "protocol": protocol}
             write_text_atomic(run_dir / f"probe-K{kp}.json", json.dumps(results, indent=1))
             self.log(f"{tag} {results['name']}: test {_summary(results['test'], self.columns)}")
-            self._record(fold, results["name"], results, run_dir)
+            self._record(fold, results["name"], results, run_dir, seed)
 
     def run(self) -> bool:
         """Run every fold; True when all finished, False when a run stopped (stop_after_steps)."""
         plan = self.plan
-        for i, fold in enumerate(plan.folds, 1):
-            tag = f"[fold {fold} ({i}/{len(plan.folds)})]"
+        todo = [(seed, fold) for seed in plan.seeds for fold in plan.folds]
+        for i, (seed, fold) in enumerate(todo, 1):
+            tag = (f"[seed {seed}, fold {fold} ({i}/{len(todo)})]" if plan.several_seeds
+                   else f"[fold {fold} ({i}/{len(plan.folds)})]")
             started = time.perf_counter()
-            jobs = [(r.upper(), _run_config(plan, fold, r)) for r in ("ap", "mp") if r in plan.rows]
+            jobs = [(r.upper(), _run_config(plan, fold, r, seed=seed)) for r in ("ap", "mp") if r in plan.rows]
             if "lpmn" in plan.rows or "lpmn-ps" in plan.rows:
-                jobs += [(f"LPMN-{k}", _run_config(plan, fold, "lpmn", k)) for k in plan.ks]
+                jobs += [(f"LPMN-{k}", _run_config(plan, fold, "lpmn", k, seed)) for k in plan.ks]
             for name, config in jobs:
                 results = self._train(tag, name, config)
                 if results is None:
                     self.write(complete=False)
                     return False
                 if name in self.row_names:
-                    self._record(fold, name, results, Path(config.run_dir))
+                    self._record(fold, name, results, Path(config.run_dir), seed)
                 if config.head == "lpmn" and "lpmn-ps" in plan.rows:
                     self._probes(tag, fold, config.num_prototypes, config, results.get("protocol"))
                 self.write(complete=False)
@@ -242,8 +281,25 @@ class Driver:
                 "folds": self.plan.folds}
 
     def table(self) -> dict:
-        ordered = {name: self.per_fold.get(name, {}) for name in self.row_names}
-        return build_table(ordered, self.columns, [str(f) for f in self.plan.folds])
+        folds = [str(f) for f in self.plan.folds]
+        if self.plan.several_seeds:
+            ordered = {name: self.per_seed.get(name, {}) for name in self.row_names}
+            return build_seed_table(ordered, self.columns, folds, [str(s) for s in self.plan.seeds])
+        seed = str(self.plan.seeds[0])
+        ordered = {name: self.per_seed.get(name, {}).get(seed, {}) for name in self.row_names}
+        return build_table(ordered, self.columns, folds)
+
+    def provenance(self) -> dict:
+        """lpmn_fast.provenance of the experiment (wall time so far)."""
+        from .ops.prototype_mil import resolve_backend
+        from .training.build import pick_device
+
+        b = self.plan.base
+        device = pick_device(b.device)
+        kernel = ({"asked": b.kernel, "used": resolve_backend(b.kernel, device)}
+                  if {"lpmn", "lpmn-ps"} & set(self.plan.rows) else None)
+        return provenance(device=device, precision=getattr(b, "precision", None) or "float32", kernel=kernel,
+                          seconds=time.perf_counter() - self.started)
 
     def write(self, complete: bool) -> None:
         """results.json and results.md (atomic), from the runs finished so far."""
@@ -252,7 +308,7 @@ class Driver:
         data = {"complete": complete, "data": b.data, "backbone": b.backbone, "protocol": self.protocol(),
                 "corpus": self.corpus.describe(), "rows": self.plan.rows, "k": self.plan.ks,
                 "k_prime": self.plan.k_primes, "skipped": self.skipped, "table": table, "runs": self.runs,
-                "settings": settings}
+                "settings": settings, "seeds": self.plan.seeds, "provenance": self.provenance()}
         write_text_atomic(self.plan.out / "results.json", json.dumps(data, indent=1))
         write_text_atomic(self.plan.out / "results.md", self.markdown(data) + "\n")
 
@@ -269,10 +325,13 @@ class Driver:
                          f"{corpus['expected_counts']})**; results are on the counts above.")
         if corpus["warnings"]:
             lines.append(f"The loader skipped or flagged {len(corpus['warnings'])} part(s); see results.json.")
-        lines += ["", "Test metrics, mean ± sample std over folds; WA/UA/F1 in %, valence MSE as is. "
+        over = (f"over folds and seeds ({', '.join(map(str, self.plan.seeds))})" if self.plan.several_seeds
+                else "over folds")
+        lines += ["", f"Test metrics, mean ± sample std {over}; WA/UA/F1 in %, valence MSE as is. "
                   f"Best epoch chosen on validation {b.select_metric}.", "", format_markdown(data["table"])]
         if data["skipped"]:
             lines += ["", "Not run: " + "; ".join(data["skipped"]) + "."]
+        lines += ["", f"Made with {describe(data['provenance'])}."]
         return "\n".join(lines)
 
 
@@ -288,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     log(f"lpmn-experiment: {plan.base.data}, {plan.base.split} folds {plan.folds}, rows {plan.rows}, K {plan.ks}"
-        + (f", K' {plan.k_primes}" if "lpmn-ps" in plan.rows else "") + f" -> {plan.out}")
+        + (f", K' {plan.k_primes}" if "lpmn-ps" in plan.rows else "")
+        + (f", seeds {plan.seeds}" if plan.several_seeds else "") + f" -> {plan.out}")
     driver = Driver(plan, corpus, log)
     try:
         complete = driver.run()

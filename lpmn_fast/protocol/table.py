@@ -5,6 +5,10 @@ F1 for IEMOCAP-layout corpora, F1 and valence MSE for MER2023 (macro and weighte
 the paper's "F1-score" does not say which: MER2023's baseline reports the weighted one). Means
 and standard deviations are over the folds a row has finished; the std is the sample one
 (ddof=1), None with a single fold.
+
+With several training seeds (:func:`build_seed_table`), the mean ± std is over every (fold, seed)
+run, and each row also gives the per-seed results (mean ± std over folds) and the spread over
+seeds: the std, min and max of the per-seed means, over the seeds that finished every fold.
 """
 
 from __future__ import annotations
@@ -56,14 +60,48 @@ def build_table(per_fold: Mapping[str, Mapping[str, Mapping[str, float]]], colum
     return {"columns": list(columns), "folds": list(folds), "rows": rows}
 
 
+def build_seed_table(per_seed: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]],
+                     columns: Sequence[str], folds: Sequence[str], seeds: Sequence[str]) -> dict:
+    """JSON-able table from ``per_seed[row name][seed][fold] = test metrics`` (several training seeds).
+
+    Each row: name, runs_done (= folds_done, counted over the seeds), mean and std per column over
+    all (fold, seed) runs; per_seed {seed: {folds_done, mean, std, per_fold}} as :func:`build_table`'s
+    rows; seed_spread {std, min, max} per column of the per-seed means, over the seeds with every fold
+    done (``seeds_complete``).
+    """
+    rows = []
+    for name, by_seed in per_seed.items():
+        runs = [by_seed[s][f] for s in seeds for f in folds if f in by_seed.get(s, {})]
+        per = {s: build_table({name: by_seed.get(s, {})}, columns, folds)["rows"][0] for s in seeds}
+        complete = [s for s in seeds if per[s]["folds_done"] == len(folds)]
+        row = {"name": name, "runs_done": len(runs), "folds_done": len(runs), "mean": {}, "std": {},
+               "per_seed": {s: {k: per[s][k] for k in ("folds_done", "mean", "std", "per_fold")} for s in seeds},
+               "seeds_complete": complete, "seed_spread": {"std": {}, "min": {}, "max": {}}}
+        for c in columns:
+            row["mean"][c], row["std"][c] = mean_std([r[c] for r in runs])
+            means = [per[s]["mean"][c] for s in complete]
+            row["seed_spread"]["std"][c] = mean_std(means)[1]
+            row["seed_spread"]["min"][c] = min(means) if means else None
+            row["seed_spread"]["max"][c] = max(means) if means else None
+        rows.append(row)
+    return {"columns": list(columns), "folds": list(folds), "seeds": list(seeds), "rows": rows}
+
+
 def _cell(column: str, value: float | None) -> str:
     if value is None:
         return "–"
     return f"{100 * value:.2f}" if column in PERCENT else f"{value:.4f}"
 
 
+def _mean_std_cell(column: str, mean: float | None, std: float | None) -> str:
+    return _cell(column, mean) + ("" if std is None else f" ± {_cell(column, std)}")
+
+
 def format_markdown(table: dict) -> str:
-    """The summary (mean ± std, in % except MSE) and the per-fold table, in Markdown."""
+    """The summary (mean ± std, in % except MSE) and the per-fold table, in Markdown (with several
+    seeds: also the spread over seeds and the per-seed table)."""
+    if table.get("seeds"):
+        return _format_seed_markdown(table)
     cols, folds = table["columns"], table["folds"]
     head = "| model | " + " | ".join(HEADERS[c] for c in cols) + " | folds |"
     rule = "|---" * (len(cols) + 2) + "|"
@@ -79,4 +117,34 @@ def format_markdown(table: dict) -> str:
     for row in table["rows"]:
         for f, values in row["per_fold"].items():
             lines.append(f"| {row['name']} | {f} | " + " | ".join(_cell(c, values[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _format_seed_markdown(table: dict) -> str:
+    cols, folds, seeds = table["columns"], table["folds"], table["seeds"]
+    names = " | ".join(HEADERS[c] for c in cols)
+    total = len(folds) * len(seeds)
+    lines = [f"Mean ± std over all {len(folds)} folds x {len(seeds)} seeds:", "", f"| model | {names} | runs |",
+             "|---" * (len(cols) + 2) + "|"]
+    for row in table["rows"]:
+        cells = " | ".join(_mean_std_cell(c, row["mean"][c], row["std"][c]) for c in cols)
+        lines.append(f"| {row['name']} | {cells} | {row['runs_done']}/{total} |")
+    lines += ["", "Spread over seeds: std (min–max) of the per-seed means over folds, seeds with every fold done:", "",
+              f"| model | {names} | seeds |", "|---" * (len(cols) + 2) + "|"]
+    for row in table["rows"]:
+        spread = row["seed_spread"]
+        cells = " | ".join(_cell(c, spread["std"][c]) + (f" ({_cell(c, spread['min'][c])}–{_cell(c, spread['max'][c])})"
+                                                         if spread["min"][c] is not None else "") for c in cols)
+        lines.append(f"| {row['name']} | {cells} | {len(row['seeds_complete'])}/{len(seeds)} |")
+    lines += ["", "Per seed (mean ± std over folds):", "", f"| model | seed | {names} | folds |",
+              "|---" * (len(cols) + 3) + "|"]
+    for row in table["rows"]:
+        for seed, per in row["per_seed"].items():
+            cells = " | ".join(_mean_std_cell(c, per["mean"][c], per["std"][c]) for c in cols)
+            lines.append(f"| {row['name']} | {seed} | {cells} | {per['folds_done']}/{len(folds)} |")
+    lines += ["", "Per fold:", "", f"| model | seed | fold | {names} |", "|---" * (len(cols) + 3) + "|"]
+    for row in table["rows"]:
+        for seed, per in row["per_seed"].items():
+            for f, values in per["per_fold"].items():
+                lines.append(f"| {row['name']} | {seed} | {f} | " + " | ".join(_cell(c, values[c]) for c in cols) + " |")
     return "\n".join(lines)
