@@ -15,6 +15,7 @@ import torch
 from huggingface_hub import ModelCard, ModelHubMixin, constants
 from safetensors.torch import load_file
 
+import lpmn_fast
 from lpmn_fast.models import SERModel
 from lpmn_fast.models.card import CONFUSION_IMAGE, build_card
 from lpmn_fast.models.pretrained import CONFIG_NAME, WEIGHTS_NAME
@@ -97,6 +98,9 @@ def test_load_by_hub_id_from_the_offline_cache(offline_cache):
     pinned = SERModel.from_pretrained("lpmn-org/tiny-ser", revision=COMMITS[0])
     _same_predictions(pinned, first)
     assert main.classes == CLASSES
+    predictor = lpmn_fast.load("lpmn-org/tiny-ser", revision="v1")  # what lpmn-predict's Python side does
+    _same_predictions(predictor.model, first)
+    assert predictor.source == "lpmn-org/tiny-ser"
 
 
 def test_hub_ids_that_cannot_be_had_offline_are_named(offline_cache):
@@ -179,7 +183,7 @@ def test_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
     assert url.endswith("/commit/1")
     (repo_id, files, card), = uploads
     assert repo_id == "lpmn-org/tiny-ser" and files == ["README.md", CONFIG_NAME, WEIGHTS_NAME]
-    assert 'SERModel.from_pretrained("lpmn-org/tiny-ser")' in card
+    assert 'SERModel.from_pretrained("lpmn-org/tiny-ser")' in card and "hf download lpmn-org/tiny-ser" in card
 
 
 def test_card_of_a_model_saved_outside_a_run(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..models import LPMNHead, ProbeHead, SERModel
-from ..models.pretrained import CONFIG_NAME, from_pretrained
+from ..models.pretrained import CONFIG_NAME, from_pretrained, is_local_path
 from .audio import SAMPLE_RATE, InputError, check_waveform, load_audio, to_mono_16k
 from .chunks import frame_geometry, run_chunked
 from .explanation import Explanation, explain
@@ -138,12 +138,16 @@ class Predictor:
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu", hubert_path: str | None = None,
-         kernel: str | None = None, **options) -> Predictor:
-    """A Predictor for the model in ``path``: a ``save_pretrained`` directory, or a training run
-    directory (its model-probe/, else model/). device: "cpu", "cuda", "auto"; hubert_path: the
-    pretrained HuBERT of a hubert model if not at its recorded path; options: see Predictor."""
+         kernel: str | None = None, revision: str | None = None, **options) -> Predictor:
+    """A Predictor for the model in ``path``: a ``save_pretrained`` directory, a training run
+    directory (its model-probe/, else model/), or a Hugging Face Hub id ("org/name", at
+    ``revision``; from the local cache when offline). device: "cpu", "cuda", "auto"; hubert_path:
+    the pretrained HuBERT of a hubert model if not at its recorded path; options: see Predictor."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not is_local_path(path):
+        model = SERModel.from_pretrained(path, revision=revision, device=device, hubert_path=hubert_path, kernel=kernel)
+        return Predictor(model, source=str(path), **options)
     directory = resolve_model_dir(path)
     model = from_pretrained(directory, device=device, hubert_path=hubert_path, kernel=kernel)
     return Predictor(model, source=str(directory), **options)
