@@ -72,6 +72,10 @@ class EpochLog:
             self._read_csv(completed_epochs)
         elif self.kind == "tensorboard":
             self.writer = _summary_writer(self.run_dir / TB_DIR, completed_epochs)
+        if enabled:
+            where = {"csv": self.run_dir / CSV_NAME, "tensorboard": self.run_dir / TB_DIR}.get(self.kind)
+            log.info(f"run {self.run_dir}" + (f": resuming after epoch {completed_epochs}" if completed_epochs else "")
+                     + (f"; per-epoch log in {where}" if where else ""))
 
     def _read_csv(self, completed_epochs: int) -> None:
         path = self.run_dir / CSV_NAME
