@@ -94,4 +94,4 @@ def test_seed_and_seeds_together_are_refused(tmp_path, capsys):
     assert "either --seed" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         experiment.main(["--seeds", "0,-1"])
-    assert exit_.value.code == 2 and "seeds >= 0" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "integers >= 0" in capsys.readouterr().err
