@@ -52,7 +52,9 @@ def git_state() -> dict | None:
     """{"commit", "dirty"} of the checkout lpmn_fast is imported from, None outside a git checkout
     (e.g. a wheel install). dirty: tracked files differ from the commit (untracked files ignored)."""
     commit = _git("rev-parse", "HEAD")
-    if not commit:
+    # The package itself must be tracked there: an install inside some other repository (a venv in a
+    # checkout) is not "run from a checkout".
+    if not commit or _git("ls-files", "--error-unmatch", Path(__file__).name) is None:
         return None
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": None if status is None else bool(status)}

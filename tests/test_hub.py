@@ -196,3 +196,5 @@ def test_card_of_a_model_saved_outside_a_run(tmp_path):
     with pytest.raises(ValueError, match="config.json from the model itself"):
         model.save_pretrained(tmp_path / "ap", config={"a": 1})
     assert "LPMN" in str(build_card(json.loads((LEGACY / CONFIG_NAME).read_text())))
+    card = model.generate_model_card(repo_id="lpmn-org/ap")  # the mixin's hook, as save_pretrained writes it
+    assert card.data.library_name == "lpmn_fast" and 'from_pretrained("lpmn-org/ap")' in card.text
