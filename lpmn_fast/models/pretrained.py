@@ -210,8 +210,11 @@ def download(repo_id: str, *, revision: str | None = None, cache_dir: str | os.P
     downloaded into the Hugging Face cache if needed. Offline (``HF_HUB_OFFLINE=1`` or
     ``local_files_only``) it comes from the cache (``HF_HUB_CACHE`` or ``cache_dir``) or fails
     with a FileNotFoundError that says so."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
+    # Offline means cache only, said explicitly: some huggingface_hub versions (1.x) would still ask
+    # the Hub for the file list of a revision given as a commit hash.
+    local_files_only = local_files_only or bool(constants.HF_HUB_OFFLINE)
     try:
         folder = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
                                    local_files_only=local_files_only, token=token)
