@@ -143,7 +143,9 @@ def test_epoch_log_writes_every_numeric_key_even_new_ones(tmp_path):
         log.epoch({"train_loss": 1.0})
     with pytest.raises(ValueError, match="unknown log kind"):
         EpochLog(tmp_path, "wandb")
-    # a later log of the same run keeps what the checkpoint finished and drops the rest
+    # a later log of the same run keeps what the checkpoint finished and drops the rest, and a damaged row
+    with (tmp_path / "metrics.csv").open("a") as f:
+        f.write("0,x\n")
     assert [r["epoch"] for r in EpochLog(tmp_path, "csv", completed_epochs=1).rows] == [1.0]
 
 

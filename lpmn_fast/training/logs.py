@@ -86,11 +86,11 @@ class EpochLog:
             self.columns = list(reader.fieldnames or [])
             for row in reader:
                 try:
-                    epoch = float(row.get("epoch") or "nan")
-                except ValueError:
-                    continue  # a damaged row: dropped, the rest is kept
-                if epoch <= completed_epochs:
-                    self.rows.append({k: float(v) for k, v in row.items() if k and v not in (None, "")})
+                    values = {k: float(v) for k, v in row.items() if k and v not in (None, "")}
+                except (TypeError, ValueError):
+                    continue  # a damaged row (e.g. cut short by a crash): dropped, the rest is kept
+                if values.get("epoch", math.inf) <= completed_epochs:
+                    self.rows.append(values)
 
     def epoch(self, record: Mapping, **extra) -> dict[str, float]:
         """Log the record of the epoch that just ended (must hold ``epoch``). ``extra`` scalars
