@@ -85,10 +85,12 @@ class SERModel(nn.Module, ModelHubMixin, library_name="lpmn_fast", pipeline_tag=
         return directory
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        """The mixin's hook: weights and config (the card is written by :meth:`save_pretrained`)."""
+        """The mixin's hook: weights and config (the card is written by :meth:`save_pretrained`, or
+        by the mixin's own ``save_pretrained`` through :meth:`generate_model_card`)."""
         from .pretrained import save_pretrained
 
-        save_pretrained(self, save_directory, card=False)
+        save_pretrained(self, save_directory, extra=(getattr(self, "pretrained_config", None) or {}).get("extra"),
+                        card=False)
 
     def push_to_hub(self, repo_id: str, *, model_card_kwargs: dict | None = None, **kwargs) -> str:
         """Upload the model folder (config, weights, card) to Hub repository ``repo_id``; ``kwargs``
