@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if root is not None:
         write_text_atomic(root / "summary.md", table + "\n")
         write_text_atomic(root / "summary.json", json.dumps(
-            [{k: r[k] for k in ("name", "head", "test", "valid", "best_epoch", "protocol")} |
+            [{k: r[k] for k in ("name", "head", "test", "valid", "best_epoch", "protocol", "provenance")} |
              ({"probe": {k: r["probe"][k] for k in ("name", "top_k", "test", "valid")}} if "probe" in r else {})
              for r in results], indent=1))
         print(f"\nsummary: {root / 'summary.md'}")

@@ -192,3 +192,16 @@ def test_provenance_imports_neither_triton_nor_transformers():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert provenance(seconds=1.26)["wall_seconds"] == 1.3
+
+
+def test_cli_summary_of_several_heads_records_provenance(tmp_path, use_corpus):
+    from lpmn_fast.train import main as cli_main
+
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "progress"]
+    with pytest.warns(UserWarning):
+        assert cli_main(args + ["--no-progress", "--epochs", "1", "--head", "ap,mp", "--cache-dir",
+                                str(tmp_path / "cache"), "--run-dir", str(tmp_path / "runs")]) == 0
+    summary = json.loads((tmp_path / "runs" / "summary.json").read_text())
+    assert [s["head"] for s in summary] == ["ap", "mp"]
+    assert all(s["provenance"]["libraries"]["torch"] == metadata.version("torch") for s in summary)
+    assert all(s["provenance"]["kernel"] is None for s in summary)  # pooling heads use no prototype kernel
