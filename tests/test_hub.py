@@ -66,8 +66,8 @@ def offline_cache(tmp_path, monkeypatch):
     first, second = _model(seed=0), _model(seed=1)
     first.save_pretrained(tmp_path / "first", CLASSES)
     second.save_pretrained(tmp_path / "second", CLASSES)
-    cache = _cache(tmp_path / "hub", "lpmn-org/tiny-ser", {COMMITS[0]: tmp_path / "first", COMMITS[1]: tmp_path / "second"},
-                   {"main": COMMITS[1], "v1": COMMITS[0]})
+    snapshots = {COMMITS[0]: tmp_path / "first", COMMITS[1]: tmp_path / "second"}
+    cache = _cache(tmp_path / "hub", "lpmn-org/tiny-ser", snapshots, {"main": COMMITS[1], "v1": COMMITS[0]})
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -149,7 +149,8 @@ def test_a_loaded_model_saves_the_same_card_and_extra(tmp_path):
                                                                             [0, 0, 1, 0], [1, 0, 0, 0]]}}}
     model.save_pretrained(tmp_path / "a", CLASSES, extra)
     SERModel.from_pretrained(tmp_path / "a").save_pretrained(tmp_path / "b")
-    assert json.loads((tmp_path / "b" / CONFIG_NAME).read_text()) == json.loads((tmp_path / "a" / CONFIG_NAME).read_text())
+    config = {name: json.loads((tmp_path / name / CONFIG_NAME).read_text()) for name in ("a", "b")}
+    assert config["b"] == config["a"]
     assert (tmp_path / "b" / "README.md").read_text() == (tmp_path / "a" / "README.md").read_text()
     assert (tmp_path / "b" / CONFUSION_IMAGE).is_file()
     card = ModelCard.load(tmp_path / "b" / "README.md")

@@ -152,8 +152,8 @@ def build_card(config: dict, repo_id: str | None = None) -> ModelCard:
             lines += [f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(config["classes"], matrix)]
     else:
         lines.append("No evaluation recorded with this model.")
-    cli = (["hf download " + where + " --local-dir model  # the files of this repository", "lpmn-predict model speech.wav"]
-           if repo_id else [f"lpmn-predict {where} speech.wav"])
+    cli = ([f"hf download {where} --local-dir model  # the files of this repository",
+            "lpmn-predict model speech.wav"] if repo_id else [f"lpmn-predict {where} speech.wav"])
     lines += ["", "## How to use", "", "With lpmn_fast installed (`bash scripts/setup.sh` in its checkout):", "",
               "```bash", *cli, "```", "", "```python", "import lpmn_fast",
               "from lpmn_fast.models import SERModel", "",

@@ -129,12 +129,14 @@ def _format_seed_markdown(table: dict) -> str:
     for row in table["rows"]:
         cells = " | ".join(_mean_std_cell(c, row["mean"][c], row["std"][c]) for c in cols)
         lines.append(f"| {row['name']} | {cells} | {row['runs_done']}/{total} |")
-    lines += ["", "Spread over seeds: std (min–max) of the per-seed means over folds, seeds with every fold done:", "",
+    lines += ["", "Spread over seeds: std (min–max) of the per-seed means over folds, seeds with every fold done:",
+              "",
               f"| model | {names} | seeds |", "|---" * (len(cols) + 2) + "|"]
     for row in table["rows"]:
         spread = row["seed_spread"]
-        cells = " | ".join(_cell(c, spread["std"][c]) + (f" ({_cell(c, spread['min'][c])}–{_cell(c, spread['max'][c])})"
-                                                         if spread["min"][c] is not None else "") for c in cols)
+        cells = " | ".join(_cell(c, spread["std"][c])
+                           + (f" ({_cell(c, spread['min'][c])}–{_cell(c, spread['max'][c])})"
+                              if spread["min"][c] is not None else "") for c in cols)
         lines.append(f"| {row['name']} | {cells} | {len(row['seeds_complete'])}/{len(seeds)} |")
     lines += ["", "Per seed (mean ± std over folds):", "", f"| model | seed | {names} | folds |",
               "|---" * (len(cols) + 3) + "|"]
@@ -146,5 +148,6 @@ def _format_seed_markdown(table: dict) -> str:
     for row in table["rows"]:
         for seed, per in row["per_seed"].items():
             for f, values in per["per_fold"].items():
-                lines.append(f"| {row['name']} | {seed} | {f} | " + " | ".join(_cell(c, values[c]) for c in cols) + " |")
+                cells = " | ".join(_cell(c, values[c]) for c in cols)
+                lines.append(f"| {row['name']} | {seed} | {f} | {cells} |")
     return "\n".join(lines)
