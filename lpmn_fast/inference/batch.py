@@ -63,20 +63,22 @@ def run_batch(model: torch.nn.Module, waves: Sequence[torch.Tensor]) -> list[Poo
 def evidence_span(head: torch.nn.Module, result: Pooled, label: int, geometry: FrameGeometry, num_samples: int,
                   seconds: float = EVIDENCE_SECONDS) -> tuple[float, float] | None:
     """(start_s, end_s): the ``seconds``-long stretch of frames holding the most evidence for class
-    ``label`` (prototype heads; see lpmn_fast.inference.explanation): each prototype's positive
-    centred contribution Wc[label, k] * pooled[k] sits at its winning frame; a moving sum over
-    ``seconds`` of frames picks the window, clipped to the input. Windows within a relative 1e-4 of
+    ``label`` (prototype heads): the explanation's per-frame evidence[t, label] (each prototype's
+    centred contribution Wc[label, k] * pooled[k] at its winning frame, see
+    lpmn_fast.inference.explanation), negative values counted as 0; a moving sum over ``seconds``
+    of frames picks the window, clipped to the frames of the input. Windows within a relative 1e-4 of
     the best tie (float rounding must not move the span), and the middle one of those is taken, so
     a single strong frame lands in the middle of its span. None for heads without prototypes, or
     when no prototype speaks for ``label``."""
     if result.frame_index is None:
         return None
     wc = centred_weights(head)[label]  # (K,)
-    contribution = (wc * result.pooled.float().cpu()).clamp_min(0)
-    if not bool((contribution > 0).any()):
-        return None
+    contribution = wc * result.pooled.float().cpu()
     T = result.num_frames
-    per_frame = torch.zeros(T).index_add_(0, result.frame_index.cpu(), contribution)
+    # the explanation's evidence[:, label]; frames whose net evidence is against the label count as none
+    per_frame = torch.zeros(T).index_add_(0, result.frame_index.cpu(), contribution).clamp_min(0)
+    if not bool((per_frame > 0).any()):
+        return None
     width = max(1, min(T, round(seconds * SAMPLE_RATE / geometry.shift)))
     sums = torch.nn.functional.pad(per_frame.cumsum(0), (1, 0))
     window = sums[width:] - sums[:-width]  # (T - width + 1,) evidence of frames [a, a + width)
