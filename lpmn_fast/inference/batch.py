@@ -34,12 +34,15 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def run_batch(model: torch.nn.Module, waves: Sequence[torch.Tensor]) -> list[Pooled]:
+def run_batch(model: torch.nn.Module, waves: Sequence[torch.Tensor],
+              feats: Sequence[torch.Tensor] | None = None) -> list[Pooled]:
     """``model`` (SERModel, eval mode) on ``waves`` (each (samples,) at 16 kHz) as one padded batch;
-    one Pooled per wave, on the CPU, as :func:`run_chunked` gives for a wave that fits one chunk."""
+    one Pooled per wave, on the CPU, as :func:`run_chunked` gives for a wave that fits one chunk.
+    feats: ``backbone.prepare`` of each wave, if already computed."""
     head, backbone = model.head, model.backbone
     device = next(model.parameters()).device
-    feats = [backbone.prepare(w) for w in waves]  # (T_i, F) each: the frozen part, per utterance
+    if feats is None:
+        feats = [backbone.prepare(w) for w in waves]  # (T_i, F) each: the frozen part, per utterance
     lengths = torch.tensor([f.shape[0] for f in feats], device=device)
     padded = torch.nn.utils.rnn.pad_sequence([f.to(device) for f in feats], batch_first=True)
     x = backbone(padded, lengths)  # (B, T, C)

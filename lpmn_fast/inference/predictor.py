@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,10 +218,22 @@ class Predictor:
                 results[position] = self._predict(wave, False)
             else:
                 short.append((position, wave))
-        for batch in length_batches([w.numel() for _, w in short], batch_size):
-            pooled = run_batch(self.model, [short[i][1] for i in batch])
-            for i, result in zip(batch, pooled):
-                results[short[i][0]] = self._prediction(result, short[i][1].numel())
+        batches = length_batches([w.numel() for _, w in short], batch_size)
+        backbone = self.model.backbone
+
+        def prepare(batch):
+            return [backbone.prepare(short[i][1]) for i in batch]
+
+        # The next batch's frozen features are computed in a second thread while this batch runs
+        # (as a DataLoader worker would): the CPU-side fbank overlaps the model.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            upcoming = pool.submit(prepare, batches[0]) if batches else None
+            for n, batch in enumerate(batches):
+                feats = upcoming.result()
+                upcoming = pool.submit(prepare, batches[n + 1]) if n + 1 < len(batches) else None
+                pooled = run_batch(self.model, [short[i][1] for i in batch], feats)
+                for i, result in zip(batch, pooled):
+                    results[short[i][0]] = self._prediction(result, short[i][1].numel())
         for position in sorted(results):
             yield position, results[position]
 
