@@ -317,7 +317,9 @@ def _parse_rows(source: Path, header: list[str], rows: list[tuple[int, dict[str,
 def _utterance_ids(rows: list[_Row], base: Path) -> list[str]:
     """Each row's id: its id column, else the file stem (+ the span), made unique from the relative path."""
     def span(r: _Row) -> str:
-        return "" if r.start is None and r.end is None else f"_{r.start or 0:g}-{'end' if r.end is None else f'{r.end:g}'}"
+        if r.start is None and r.end is None:
+            return ""
+        return f"_{r.start or 0:g}-" + ("end" if r.end is None else f"{r.end:g}")
 
     ids = [r.utt_id or f"{r.path.stem}{span(r)}" for r in rows]
     stems = Counter(i for r, i in zip(rows, ids) if r.utt_id is None)

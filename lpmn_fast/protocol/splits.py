@@ -76,6 +76,15 @@ def leave_one_session_out(
     return Split(f"loso-speaker(test_session={test_session}, valid_speaker={valid_speaker})", tuple(train), valid, test)
 
 
+def _check_folds(name: str, fold: int, folds: int, valid_fraction: float) -> None:
+    if folds < 2:
+        raise ValueError(f"{name} needs at least 2 folds, got {folds}")
+    if not 1 <= fold <= folds:
+        raise ValueError(f"fold must be in [1, {folds}], got {fold}")
+    if not 0 < valid_fraction < 1:
+        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
+
+
 def stratified_kfold(utterances: Sequence[Utterance], fold: int, *, folds: int = 5, seed: int = 0,
                      valid_fraction: float = 0.1) -> Split:
     """Fold ``fold`` (1-based) of ``folds`` stratified, shuffled folds seeded by ``seed``.
@@ -85,12 +94,7 @@ def stratified_kfold(utterances: Sequence[Utterance], fold: int, *, folds: int =
     (Per-class rounding rather than scikit-learn's train_test_split: that one may leave a small
     class out of the validation set.)
     """
-    if folds < 2:
-        raise ValueError(f"kfold needs at least 2 folds, got {folds}")
-    if not 1 <= fold <= folds:
-        raise ValueError(f"fold must be in [1, {folds}], got {fold}")
-    if not 0 < valid_fraction < 1:
-        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
+    _check_folds("kfold", fold, folds, valid_fraction)
     ids = [u.utt_id for u in utterances]
     if len(set(ids)) != len(ids):
         raise ValueError("kfold needs unique utterance ids; the corpus repeats some")
@@ -129,12 +133,7 @@ def speaker_kfold(utterances: Sequence[Utterance], fold: int, *, folds: int = 5,
     (seed ``seed + fold``) until they hold ``valid_fraction`` of those utterances (at least one
     speaker, and at least one left to train). Train: the remaining speakers.
     """
-    if folds < 2:
-        raise ValueError(f"speaker-kfold needs at least 2 folds, got {folds}")
-    if not 1 <= fold <= folds:
-        raise ValueError(f"fold must be in [1, {folds}], got {fold}")
-    if not 0 < valid_fraction < 1:
-        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
+    _check_folds("speaker-kfold", fold, folds, valid_fraction)
     speakers = np.array([u.speaker for u in utterances])
     if (speakers == "").any():
         raise ValueError("speaker-kfold needs a speaker for every utterance (a manifest's speaker column); "
@@ -158,7 +157,7 @@ def speaker_kfold(utterances: Sequence[Utterance], fold: int, *, folds: int = 5,
     train = [i for i in rest if speakers[i] not in chosen]
 
     def pick(idx) -> tuple[Utterance, ...]:
-        return tuple(utterances[i] for i in sorted(idx))
+        return tuple(utterances[i] for i in sorted(idx))  # corpus order within each part
 
     protocol = (f"speaker-kfold(fold={fold}/{folds}, seed={seed}, valid=speakers {', '.join(sorted(chosen))}; "
                 "no test speaker in training)")
