@@ -185,6 +185,23 @@ def test_segments_are_cut_out_of_longer_files(clips):
     assert read_utterance(corpus.utterances[2]).numel() == 3200
 
 
+def test_segments_get_their_own_feature_cache_entries(clips, tmp_path):
+    from lpmn_fast.models import FbankBackbone
+    from lpmn_fast.training.features import cache_features
+
+    rows = [{"path": "clips/c11.wav", "label": "angry", "start": "0.1", "end": "0.3"},
+            {"path": "clips/c11.wav", "label": "sad", "start": "0.3", "end": "0.5"}]
+    utterances = load_manifest(_write(clips / "m.csv", rows)).utterances
+    backbone = FbankBackbone(num_mel_bins=16)
+    first = cache_features(backbone, utterances, tmp_path / "cache", progress=False)
+    again = cache_features(backbone, utterances, tmp_path / "cache", progress=False)  # read back
+    for u, a, b in zip(utterances, first, again):
+        expected = backbone.prepare(read_utterance(u))
+        torch.testing.assert_close(a, expected)
+        torch.testing.assert_close(b, expected)
+    assert first[0].shape == (9, 16) and not torch.equal(first[0], first[1])
+
+
 def test_repeated_stems_get_ids_from_their_relative_paths(tmp_path):
     _tone(tmp_path / "a" / "x.wav")
     _tone(tmp_path / "b" / "x.wav")

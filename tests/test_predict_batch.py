@@ -151,6 +151,8 @@ def test_inputs_expand_folders_manifests_and_wav_scp(tmp_path, corpus):
                         f"in/{corpus.utterances[0].path.name}\t\t\t\n\tsad\t\t\n")
     scp = tmp_path / "wav.scp"
     scp.write_text(f"utt1 {corpus.utterances[5].path}\nutt2 sox a.wav -t wav - |\nbroken\n")
+    (tmp_path / "empty").mkdir()
+    assert "no audio files under the folder" in expand_inputs([tmp_path / "empty"])[0].error
     items = expand_inputs([folder, manifest, scp, tmp_path / "missing.wav"])
     assert [i.file for i in items[:3]] == [str(folder / corpus.utterances[0].path.name)] + sorted(
         str(folder / "sub" / u.path.name) for u in corpus.utterances[1:3])

@@ -98,7 +98,9 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Item]:
     for given in inputs:
         path = Path(given).expanduser()
         if path.is_dir():
-            items += [Item(str(p)) for p in audio_files(path)]
+            found = [Item(str(p)) for p in audio_files(path)]
+            items += found or [Item(str(given), error=f"no audio files under the folder {given} (searched recursively "
+                                                       "for the suffixes soundfile reads)")]
         elif path.suffix.lower() in FORMATS and path.is_file():
             items += _from_manifest(path)
         elif (path.name == "wav.scp" or path.suffix.lower() == ".scp") and path.is_file():
