@@ -104,3 +104,32 @@ def test_bad_manifests_stop_lpmn_train_with_file_and_line(tmp_path, synthetic, c
     assert train_main(["--data", "manifest", "--manifest", str(manifest), "--split", "kfold",
                        "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
     assert f"empty label for {corpus.utterances[1].path} at {manifest}:3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["folder", "speakers"])
+def test_lpmn_experiment_cross_validates_class_folders_and_speaker_folds(tmp_path, synthetic, source):
+    _, corpus, _ = synthetic
+    if source == "folder":  # no speakers: stratified k-fold
+        folders = tmp_path / "folders"
+        for u in corpus.utterances:
+            (folders / u.label).mkdir(parents=True, exist_ok=True)
+            (folders / u.label / u.path.name).symlink_to(u.path)
+        data, split = ["--data", "folder", "--data-dir", str(folders)], "kfold"
+    else:  # a speaker column only: speaker-independent folds
+        manifest = tmp_path / "speakers.jsonl"
+        manifest.write_text("".join(json.dumps({"path": str(u.path), "label": u.label, "speaker": u.speaker}) + "\n"
+                                    for u in corpus.utterances))
+        data, split = ["--data", "manifest", "--manifest", str(manifest)], "speaker-kfold"
+    out = tmp_path / "cv"
+    assert experiment.main([*data, "--rows", "ap", "--epochs", "1", "--fbank-mel-bins", "16", "--encoder-hidden", "16",
+                            "--folds", "4", "--fold", "1,3", "--no-progress", "--cache-dir", str(tmp_path / "cache"),
+                            "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"]["split"] == split and results["protocol"]["folds"] == [1, 3]
+    assert results["table"]["rows"][0]["folds_done"] == 2
+    tested = []
+    for fold in (1, 3):
+        metrics = json.loads((out / f"fold-{fold}" / "ap" / "metrics.json").read_text())
+        assert metrics["protocol"]["protocol"].startswith(f"{split}(fold={fold}/4")
+        tested.append(metrics["protocol"]["test"])
+    assert sum(tested) < 40 and all(tested)

@@ -4,6 +4,8 @@
     predictor = lpmn_fast.load("runs/demo")          # a run directory or a save_pretrained one
     p = predictor.predict(waveform, 44100)            # (samples,) or (channels, samples)
     p.label, p.probabilities, p.explanation.evidence  # explanation: LPMN models only
+    many = predictor.predict_batch(["a.wav", "b.flac"])   # batched by length; same results as predict
+    predictor("a.wav", top_k=2)                       # [{"label": ..., "score": ...}, ...] like a transformers pipeline
 """
 
 from __future__ import annotations
@@ -188,12 +190,12 @@ class Predictor:
         """(position, Prediction or InputError) for each of ``waves``, in input order.
 
         waves: checked 16 kHz mono (samples,) tensors, or the InputError of an input that could not
-        be read (passed through). ``lookahead`` inputs (default 32 batches) are read ahead and run
+        be read (passed through). ``lookahead`` inputs (default 8 batches) are read ahead and run
         in batches of ``batch_size`` similar lengths (see lpmn_fast.inference.batch); inputs longer
         than one chunk run one at a time, chunked. Equal to :meth:`predict` per input, up to float
         rounding.
         """
-        lookahead = lookahead or 32 * batch_size
+        lookahead = lookahead or 8 * batch_size
         window: list[tuple[int, torch.Tensor | InputError]] = []
         for position, wave in enumerate(waves):
             window.append((position, wave))
