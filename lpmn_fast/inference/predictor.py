@@ -189,8 +189,8 @@ class Predictor:
                        lookahead: int | None = None) -> Iterator[tuple[int, Prediction | InputError]]:
         """(position, Prediction or InputError) for each of ``waves``, in input order.
 
-        waves: checked 16 kHz mono (samples,) tensors, or the InputError of an input that could not
-        be read (passed through). ``lookahead`` inputs (default 8 batches) are read ahead and run
+        waves: 16 kHz mono (samples,) tensors (a silent or too-short one yields its InputError), or
+        the InputError of an input that could not be read (passed through). ``lookahead`` inputs (default 8 batches) are read ahead and run
         in batches of ``batch_size`` similar lengths (see lpmn_fast.inference.batch); inputs longer
         than one chunk run one at a time, chunked. Equal to :meth:`predict` per input, up to float
         rounding.
