@@ -318,7 +318,7 @@ def test_default_split_and_valence_follow_the_manifest_columns(clips, tmp_path):
     ({"data": "manifest"}, "needs manifest"),
     ({"data": "folder"}, "needs data_dir"),
     ({"data": "synthetic", "classes": "a,b"}, "classes and label_map apply to"),
-    ({"data": "synthetic", "manifest": "x.csv"}, "does not read it"),
+    ({"data": "synthetic", "manifest": "x.csv"}, "read by data 'manifest' only"),
     ({"data": "manifest", "manifest": "MANIFEST", "split": "column"}, "needs a manifest with a split column"),
     ({"data": "manifest", "manifest": "NOSESSION", "split": "loso"}, "needs sessions"),
     ({"data": "manifest", "manifest": "NOSESSION", "valence_weight": 1.0}, "has no valence labels"),

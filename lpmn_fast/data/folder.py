@@ -21,8 +21,9 @@ import soundfile
 from .manifest import LabelledCorpus, _Row, build_corpus
 from .problems import CorpusError
 
-# What soundfile (libsndfile) reads, by file suffix, plus common spellings of the same formats.
-AUDIO_SUFFIXES = frozenset({f".{name.lower()}" for name in soundfile.available_formats()}
+# What soundfile (libsndfile) reads, by file suffix, plus common spellings of the same formats;
+# headerless RAW aside (it needs the rate and sample format given, which a folder cannot say).
+AUDIO_SUFFIXES = frozenset({f".{name.lower()}" for name in soundfile.available_formats() if name != "RAW"}
                            | {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf"})
 
 
