@@ -263,7 +263,8 @@ def _check_own(c: TrainConfig, need) -> None:
                                                           "or JSON Lines with path and label columns)")
     need(c.data != "folder" or c.data_dir is not None, "data 'folder' needs data_dir (--data-dir DIR with one "
                                                         "sub-folder of audio files per class)")
-    need(c.data == "manifest" or c.manifest is None, f"manifest is read by data 'manifest' only; data {c.data!r} ignores it")
+    need(c.data == "manifest" or c.manifest is None,
+         f"manifest is read by data 'manifest' only; data {c.data!r} ignores it")
     need(c.data in OWN_DATASETS or (c.classes is None and c.label_map is None),
          f"classes and label_map apply to data 'manifest' and 'folder'; data {c.data!r} has fixed classes")
     parse_classes(c.classes)  # ValueError naming a bad list
