@@ -190,10 +190,10 @@ class Predictor:
         """(position, Prediction or InputError) for each of ``waves``, in input order.
 
         waves: 16 kHz mono (samples,) tensors (a silent or too-short one yields its InputError), or
-        the InputError of an input that could not be read (passed through). ``lookahead`` inputs (default 8 batches) are read ahead and run
-        in batches of ``batch_size`` similar lengths (see lpmn_fast.inference.batch); inputs longer
-        than one chunk run one at a time, chunked. Equal to :meth:`predict` per input, up to float
-        rounding.
+        the InputError of an input that could not be read (passed through). ``lookahead`` inputs
+        (default 8 batches) are read ahead and run in batches of ``batch_size`` similar lengths (see
+        lpmn_fast.inference.batch); inputs longer than one chunk run one at a time, chunked. Equal
+        to :meth:`predict` per input, up to float rounding.
         """
         lookahead = lookahead or 8 * batch_size
         window: list[tuple[int, torch.Tensor | InputError]] = []
