@@ -332,7 +332,7 @@ def test_bad_own_data_configs_are_named(clips, tmp_path, fields, match):
         _resolve(tmp_path, **fields)
 
 
-def test_unused_rows_do_not_warn(clips):
+def test_a_clean_manifest_warns_nothing(clips):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_manifest(_write(clips / "m.csv", _rows()))
