@@ -52,6 +52,9 @@ PROTOCOLS = {
     "loso-speaker": "leave-one-session-out; validation on one speaker of the held-out session, test on the other",
     "kfold": "stratified {folds}-fold cross-validation on seeded random partitions (seed {fold_seed}; the paper, "
              "section 4.1, for MER2023); validation on a stratified {valid_fraction:g} of the training folds",
+    "speaker-kfold": "speaker-independent {folds}-fold cross-validation (seed {fold_seed}): no test speaker in "
+                     "training; validation on whole speakers of the training folds (about {valid_fraction:g})",
+    "column": "the manifest's split column (train, valid, test): one fold",
 }
 
 
@@ -185,6 +188,8 @@ class Driver:
     def __init__(self, plan: Plan, corpus: Corpus, log=print):
         self.plan, self.corpus, self.log = plan, corpus, log
         self.columns = table_columns(plan.base.data)
+        if plan.base.valence_weight > 0 and "valence_mse" not in self.columns:  # a manifest with valence
+            self.columns = (*self.columns, "valence_mse")
         self.started = time.perf_counter()
         self.per_seed: dict[str, dict[str, dict[str, dict]]] = {}  # row -> seed -> fold -> test metrics
         self.runs: dict[str, dict[str, dict]] = {}

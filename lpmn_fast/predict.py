@@ -3,12 +3,23 @@
     lpmn-predict runs/demo a.wav b.flac              # table: label and class probabilities
     lpmn-predict runs/demo/model *.wav --json         # the same as JSON
     lpmn-predict runs/demo a.wav --explain out/       # + out/a.json and out/a.png (LPMN models)
+    lpmn-predict runs/demo recordings/ --output labels.csv          # a whole folder, recursively
+    lpmn-predict runs/demo list.csv wav.scp --output labels.jsonl --resume   # continue after a stop
 
 CHECKPOINT is a save_pretrained directory (config.json + model.safetensors) or a training run
-directory, whose model-probe/ (LPMN with the top-K' prototypes) or else model/ is used. Any
-sample rate is resampled to 16 kHz, channels are averaged, long files run in chunks. A file
-that cannot be used (missing, not audio, empty, silent, shorter than one frame) is reported on
-stderr and the others still run; the exit code is then 1.
+directory, whose model-probe/ (LPMN with the top-K' prototypes) or else model/ is used. Each INPUT
+is an audio file, a folder (searched recursively for audio files), a manifest (.csv, .tsv, .jsonl
+with a path column; start/end columns cut spans) or a Kaldi wav.scp (<id> <path> per line). Any
+sample rate is resampled to 16 kHz, channels are averaged; utterances run in batches of similar
+length on the device, long files one at a time in chunks. A file that cannot be used (missing, not
+audio, empty, silent, shorter than one frame) is reported on stderr and gets a row with its error;
+the others still run, and the exit code is then 1.
+
+--output FILE.csv|.jsonl holds one row per input: file (id, start, end for wav.scp and manifest
+spans), label, prob_<class> per class, valence (models with a valence regressor), evidence_start_s
+and evidence_end_s (LPMN models: the --evidence-seconds span with the most evidence for the
+label), duration_s, and error. It is rewritten atomically as it grows, so an interrupted run leaves
+a complete file of what was done; --resume then skips the inputs already labelled in it.
 """
 
 from __future__ import annotations
@@ -16,6 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .data.atomic import write_text_atomic
@@ -25,20 +39,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lpmn-predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path, help="save_pretrained directory or training run directory")
-    p.add_argument("audio", type=Path, nargs="+", help="audio files (WAV, FLAC, OGG, ...: whatever soundfile reads)")
+    p.add_argument("audio", type=Path, nargs="+", metavar="INPUT",
+                   help="audio files (WAV, FLAC, OGG, ...: whatever soundfile reads), folders (searched recursively), "
+                        "manifests (.csv/.tsv/.jsonl with a path column) or Kaldi wav.scp files")
+    p.add_argument("--output", type=Path, metavar="FILE",
+                   help="write one row per input to FILE (.csv or .jsonl), atomically; without it, the results "
+                        "are printed (table, or --json)")
+    p.add_argument("--resume", action="store_true", help="with --output: keep the rows already in FILE and "
+                                                        "label only the inputs it lacks (failed ones are retried)")
+    p.add_argument("--overwrite", action="store_true", help="with --output: replace an existing FILE (default: "
+                                                           "refuse, so that no earlier results are lost)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="utterances per batch, grouped by length (default 16); 1 runs one at a time")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar (default: on)")
     p.add_argument("--json", action="store_true", help="print a JSON list (one object per file, failed ones with "
                                                       "\"error\") instead of the table")
     p.add_argument("--explain", type=Path, metavar="DIR",
-                   help="write DIR/<file stem>.json (winning frames, evidence timeline) and .png per file")
+                   help="write DIR/<file stem>.json (winning frames, evidence timeline) and .png per file; "
+                        "runs one file at a time")
     p.add_argument("--top-k", type=int, help="the most important prototypes (Fisher importance) an explanation "
                                             "lists and marks (default 10)")
+    p.add_argument("--evidence-seconds", type=float, default=0.5,
+                   help="LPMN models: length of the span reported as the strongest evidence for the label "
+                        "(evidence_start_s, evidence_end_s; default 0.5)")
     p.add_argument("--chunk-seconds", type=float, default=30.0,
                    help="audio per chunk of a long file (default 30). Chunks combine exactly (max/mean pooling); "
                         "frame features are exact for fbank models, and for HuBERT models an approximation beyond "
                         "one chunk (attention sees the chunk plus --context-seconds)")
     p.add_argument("--context-seconds", type=float, default=2.0,
                    help="HuBERT models: extra audio each side of a chunk (default 2)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto: cuda if available)")
     p.add_argument("--hubert-path", help="HuBERT models: the pretrained HuBERT directory, if not at the path "
                                          "recorded at training")
     p.add_argument("--kernel", choices=("auto", "triton", "torch"), help="prototype-MIL backend (default: as saved)")
@@ -68,49 +99,137 @@ def _stems(paths: list[Path]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .inference import InputError, load  # after parsing: --help stays fast
-    from .inference.audio import SAMPLE_RATE, load_audio
+def _reader(items, read) -> Iterator:
+    """read(item) for each item, a few ahead in a background thread (decoding overlaps the model)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = []
+        for item in items:
+            pending.append(pool.submit(read, item))
+            if len(pending) > 8:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
 
-    options = {"chunk_seconds": args.chunk_seconds, "context_seconds": args.context_seconds}
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.resume or args.overwrite) and args.output is None:
+        parser.error("--resume and --overwrite need --output FILE")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    from .data.problems import CorpusError
+    from .inference import InputError, load  # after parsing: --help stays fast
+    from .inference.inputs import expand_inputs
+    from .inference.table import OutputTable
+
+    try:
+        items = expand_inputs(args.audio)
+    except (CorpusError, ValueError, OSError) as error:
+        print(f"lpmn-predict: error: {error}", file=sys.stderr)
+        return 2
+    options = {"chunk_seconds": args.chunk_seconds, "context_seconds": args.context_seconds,
+               "evidence_seconds": args.evidence_seconds}
     if args.top_k is not None:
         options["top_k"] = args.top_k
     try:
         predictor = load(args.checkpoint, device=args.device, hubert_path=args.hubert_path, kernel=args.kernel,
                          **options)
-    except (FileNotFoundError, ValueError, TypeError) as error:
-        print(f"lpmn-predict: error: cannot load the model: {error}", file=sys.stderr)
+        table = OutputTable(args.output, predictor.classes, resume=args.resume, overwrite=args.overwrite) \
+            if args.output is not None else None
+    except (FileNotFoundError, FileExistsError, ValueError, TypeError) as error:
+        print(f"lpmn-predict: error: {error}", file=sys.stderr)
         return 2
     if args.explain and not predictor.explainable:
         print(f"lpmn-predict: note: {predictor.unsupported}", file=sys.stderr)
+    todo = [item for item in items if table is None or item.key not in table.done]
+    if table is not None and len(todo) < len(items):
+        print(f"lpmn-predict: resuming {args.output}: {len(items) - len(todo)} of {len(items)} inputs already "
+              "labelled", file=sys.stderr)
 
     rows, records, failed = [], [], []
-    for path, stem in zip(args.audio, _stems(args.audio)):
-        try:
-            wave = load_audio(path)  # its errors name the file
-            prediction = predictor.predict(wave, SAMPLE_RATE, explain=args.explain is not None)
-        except InputError as error:
-            message = str(error) if str(path) in str(error) else f"{path}: {error}"
-            print(f"lpmn-predict: {message}", file=sys.stderr)
-            failed.append(str(path))
-            records.append({"file": str(path), "error": message})
-            continue
-        record = {"file": str(path), **prediction.to_dict()}
-        if args.explain is not None:
-            record.update(_write_explanation(args.explain, stem, path, wave, prediction, predictor))
-        rows.append((str(path), prediction))
-        records.append(record)
+    stems = dict(zip((item.key for item in todo), _stems([Path(item.file) for item in todo])))
+    started, audio_seconds = time.perf_counter(), 0.0
+    from tqdm import tqdm
 
-    if args.json:
-        print(json.dumps(records, indent=1))
-    elif rows:
-        print(format_table(rows, predictor.classes))
+    bar = tqdm(total=len(todo), unit="utt", desc="labelling", disable=not args.progress or not todo)
+    try:
+        for item, outcome, wave in _predictions(todo, predictor, args):
+            bar.update()
+            if isinstance(outcome, InputError):
+                message = str(outcome) if item.file in str(outcome) else f"{item.file}: {outcome}"
+                tqdm.write(f"lpmn-predict: {message}", file=sys.stderr)
+                failed.append(item.file)
+                record = {**_where(item), "error": message}
+            else:
+                audio_seconds += outcome.duration_s
+                record = {**_where(item), **outcome.to_dict()}
+                if args.explain is not None:
+                    record.update(_write_explanation(args.explain, stems[item.key], Path(item.file), wave, outcome,
+                                                     predictor))
+                rows.append((item.file, outcome))
+            records.append(record)
+            if table is not None:
+                table.add(item, record)
+    finally:
+        bar.close()
+        if table is not None:
+            table.write()
+    seconds = time.perf_counter() - started
+
+    if table is None:
+        if args.json:
+            print(json.dumps(records, indent=1))
+        elif rows:
+            print(format_table(rows, predictor.classes))
+    if todo:
+        rtf = seconds / audio_seconds if audio_seconds else float("nan")
+        print(f"lpmn-predict: {len(todo)} inputs in {seconds:.1f} s: {len(todo) / seconds:.1f} utterances/s, "
+              f"real-time factor {rtf:.4f} ({audio_seconds:.1f} s of audio) on {predictor.device}"
+              + (f"; wrote {args.output}" if table is not None else ""), file=sys.stderr)
     if failed:
-        print(f"lpmn-predict: {len(failed)} of {len(args.audio)} files failed: "
-              + ", ".join(failed), file=sys.stderr)
+        print(f"lpmn-predict: {len(failed)} of {len(todo)} files failed: " + ", ".join(failed), file=sys.stderr)
         return 1
     return 0
+
+
+def _where(item) -> dict:
+    """The output columns that name an input: file, and id/start/end when it has them."""
+    return {"file": item.file, **{k: v for k, v in (("id", item.id), ("start", item.start), ("end", item.end))
+                                  if v is not None}}
+
+
+def _predictions(items, predictor, args) -> Iterator[tuple[object, object, object]]:
+    """(item, Prediction or InputError, waveform or None) per item, in order: batched, or one at a
+    time with --explain (explanations need the per-frame curves of the chunked path)."""
+    from .data.audio import read_wav
+    from .inference import InputError
+    from .inference.audio import SAMPLE_RATE, load_audio
+
+    def read(item):
+        if item.error is not None:
+            return InputError(item.error)
+        try:
+            if item.start is None and item.end is None:
+                return load_audio(item.file)
+            return read_wav(item.file, SAMPLE_RATE, start=item.start, end=item.end)
+        except InputError as error:
+            return error
+        except (FileNotFoundError, ValueError) as error:
+            return InputError(str(error))
+
+    if args.explain is not None:
+        for item, wave in zip(items, _reader(items, read)):
+            if isinstance(wave, InputError):
+                yield item, wave, None
+                continue
+            try:
+                yield item, predictor.predict(wave, SAMPLE_RATE, explain=True), wave
+            except InputError as error:
+                yield item, error, None
+        return
+    for position, outcome in predictor.predict_stream(_reader(items, read), batch_size=args.batch_size):
+        yield items[position], outcome, None
 
 
 def _write_explanation(folder: Path, stem: str, path: Path, wave, prediction, predictor) -> dict:

@@ -21,12 +21,15 @@ class AudioError(ValueError):
     """A file that exists but is not usable audio: unreadable, corrupt, empty or non-finite."""
 
 
-def read_wav(path: str | os.PathLike, sample_rate: int = 16000) -> torch.Tensor:
+def read_wav(path: str | os.PathLike, sample_rate: int = 16000, *, start: float | None = None,
+             end: float | None = None) -> torch.Tensor:
     """Read an audio file as a float32 mono waveform (samples,) in [-1, 1] at ``sample_rate`` Hz.
 
     Channels are averaged; a file at another rate is resampled (torchaudio.functional.resample,
-    windowed sinc). Raises FileNotFoundError for a missing file and AudioError (a ValueError)
-    naming the file when it cannot be decoded, has zero samples or holds NaN/Inf.
+    windowed sinc). ``start``/``end`` (seconds) read only that span of the file (a manifest's
+    segment); only the span is decoded. Raises FileNotFoundError for a missing file and
+    AudioError (a ValueError) naming the file when it cannot be decoded, has zero samples (in the
+    span) or holds NaN/Inf.
     """
     path = Path(path)
     if sample_rate <= 0:
@@ -34,11 +37,18 @@ def read_wav(path: str | os.PathLike, sample_rate: int = 16000) -> torch.Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
     try:
-        data, file_rate = soundfile.read(path, dtype="float32", always_2d=True)  # (frames, channels)
+        if start is None and end is None:
+            data, file_rate = soundfile.read(path, dtype="float32", always_2d=True)  # (frames, channels)
+        else:
+            file_rate = soundfile.info(path).samplerate
+            first = round((start or 0.0) * file_rate)
+            last = None if end is None else round(end * file_rate)
+            data, file_rate = soundfile.read(path, start=first, stop=last, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(f"cannot decode audio file {path}: {e}") from e
     if data.shape[0] == 0 or data.shape[1] == 0:
-        raise AudioError(f"audio file {path} is empty (zero samples)")
+        span = "" if start is None and end is None else f" between {start or 0:g} s and {end} s"
+        raise AudioError(f"audio file {path} is empty{span} (zero samples)")
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(mono).all():
         raise AudioError(f"audio file {path} contains NaN or Inf samples")
@@ -71,6 +81,12 @@ def write_wav(path: str | os.PathLike, waveform: torch.Tensor | np.ndarray, samp
         raise ValueError(f"waveform for {path} peaks at {peak:.3f} > 1.0 and would clip in 16-bit PCM")
     with atomic_path(path) as tmp:
         soundfile.write(tmp, data, sample_rate, subtype="PCM_16", format="WAV")
+
+
+def read_utterance(utt, sample_rate: int = 16000) -> torch.Tensor:
+    """The waveform of a corpus Utterance: its whole file, or its start/end span (see read_wav)."""
+    start, end = getattr(utt, "start", None), getattr(utt, "end", None)
+    return read_wav(utt.path, sample_rate, start=start, end=end)
 
 
 def audio_problem(path: str | os.PathLike) -> str | None:

@@ -17,7 +17,9 @@ class Utterance:
 
     utt_id: unique name (IEMOCAP style, e.g. "Ses01F_impro01_F000"); path: its WAV file;
     label: a class name from the corpus's class tuple; session: 1-based session (IEMOCAP) or 0;
-    speaker: speaker id (IEMOCAP: session + gender, e.g. "Ses01F"); valence: MER2023 only.
+    speaker: speaker id (IEMOCAP: session + gender, e.g. "Ses01F"); valence: MER2023 and manifests
+    with a valence column; start/end: the span of ``path`` in seconds (manifests; None = whole
+    file); split: "train", "valid" or "test" from a manifest's split column, else None.
     """
 
     utt_id: str
@@ -26,3 +28,6 @@ class Utterance:
     session: int = 0
     speaker: str = ""
     valence: float | None = None
+    start: float | None = None
+    end: float | None = None
+    split: str | None = None

@@ -4,19 +4,25 @@
     predictor = lpmn_fast.load("runs/demo")          # a run directory or a save_pretrained one
     p = predictor.predict(waveform, 44100)            # (samples,) or (channels, samples)
     p.label, p.probabilities, p.explanation.evidence  # explanation: LPMN models only
+    many = predictor.predict_batch(["a.wav", "b.flac"])   # batched by length; same results as predict
+    predictor("a.wav", top_k=2)                       # [{"label": ..., "score": ...}, ...] like a transformers pipeline
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..models import LPMNHead, ProbeHead, SERModel
 from ..models.pretrained import CONFIG_NAME, from_pretrained, is_local_path
 from .audio import SAMPLE_RATE, InputError, check_waveform, load_audio, to_mono_16k
+from .batch import EVIDENCE_SECONDS, evidence_span, length_batches, run_batch
 from .chunks import frame_geometry, run_chunked
 from .explanation import Explanation, explain
 
@@ -33,7 +39,8 @@ DEFAULT_TOP_K = 10
 class Prediction:
     """label; probabilities {class: p}; duration_s of the 16 kHz input; num_frames; valence (a
     float, for models with a valence regressor, else None); explanation (LPMN models, when asked)
-    or None with the reason in explanation_unsupported."""
+    or None with the reason in explanation_unsupported; evidence_span (start_s, end_s) of the
+    strongest evidence for the label (LPMN models, see lpmn_fast.inference.batch.evidence_span)."""
 
     label: str
     probabilities: dict[str, float]
@@ -42,15 +49,23 @@ class Prediction:
     valence: float | None = None
     explanation: Explanation | None = None
     explanation_unsupported: str | None = None
+    evidence_span: tuple[float, float] | None = None
 
     def to_dict(self) -> dict:
         out = {"label": self.label, "probabilities": self.probabilities, "duration_s": round(self.duration_s, 4),
                "num_frames": self.num_frames}
         if self.valence is not None:
             out["valence"] = self.valence
+        if self.evidence_span is not None:
+            out["evidence_start_s"], out["evidence_end_s"] = self.evidence_span
         if self.explanation_unsupported:
             out["explanation_unsupported"] = self.explanation_unsupported
         return out
+
+    def top(self, top_k: int | None = None) -> list[dict]:
+        """The transformers audio-classification pipeline's shape: [{"label", "score"}, ...], best first."""
+        ranked = sorted(self.probabilities.items(), key=lambda kv: -kv[1])
+        return [{"label": c, "score": p} for c, p in ranked[:top_k]]
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
@@ -77,7 +92,8 @@ class Predictor:
     """
 
     def __init__(self, model: SERModel, classes: list[str] | None = None, *, chunk_seconds: float = 30.0,
-                 context_seconds: float = 2.0, top_k: int | None = None, source: str = "model"):
+                 context_seconds: float = 2.0, top_k: int | None = None, source: str = "model",
+                 evidence_seconds: float = EVIDENCE_SECONDS):
         if not chunk_seconds > 0 or context_seconds < 0:
             raise ValueError(f"need chunk_seconds > 0 and context_seconds >= 0, got {chunk_seconds}, "
                              f"{context_seconds}")
@@ -89,12 +105,19 @@ class Predictor:
         self.chunk_frames = max(1, round(chunk_seconds * SAMPLE_RATE / self.geometry.shift))
         self.context_seconds = context_seconds
         self.top_k = top_k or DEFAULT_TOP_K
+        if not evidence_seconds > 0:
+            raise ValueError(f"evidence_seconds must be > 0, got {evidence_seconds}")
+        self.evidence_seconds = evidence_seconds
         head = model.head
         self.explainable = isinstance(head, (LPMNHead, ProbeHead))
         kind = getattr(head, "mode", type(head).__name__)
         self.unsupported = None if self.explainable else (
             f"explanations need a prototype (LPMN) head; this model has a {kind!r} head, so only its prediction "
             "is given")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     @property
     def min_samples(self) -> int:
@@ -122,19 +145,132 @@ class Predictor:
     def _predict(self, wave: torch.Tensor, want_explanation: bool) -> Prediction:
         result = run_chunked(self.model, wave, self.chunk_frames, self.context_seconds,
                              soft_evidence=want_explanation and self.explainable)
-        probs = torch.softmax(result.logits.float(), -1).tolist()
-        prediction = Prediction(
-            label=self.classes[int(result.logits.argmax())],
-            probabilities={c: p for c, p in zip(self.classes, probs)},
-            duration_s=wave.numel() / SAMPLE_RATE, num_frames=result.num_frames,
-            valence=None if result.valence is None else float(result.valence),
-        )
+        prediction = self._prediction(result, wave.numel())
         if want_explanation:
             if self.explainable:
                 prediction.explanation = explain(self.model.head, result, self.classes, self.geometry, self.top_k)
             else:
                 prediction.explanation_unsupported = self.unsupported
         return prediction
+
+    def _prediction(self, result, num_samples: int) -> Prediction:
+        label = int(result.logits.argmax())
+        probs = torch.softmax(result.logits.float(), -1).tolist()
+        span = evidence_span(self.model.head, result, label, self.geometry, num_samples, self.evidence_seconds) \
+            if self.explainable else None
+        return Prediction(
+            label=self.classes[label], probabilities={c: p for c, p in zip(self.classes, probs)},
+            duration_s=num_samples / SAMPLE_RATE, num_frames=result.num_frames,
+            valence=None if result.valence is None else float(result.valence), evidence_span=span,
+        )
+
+    # ---- many inputs -------------------------------------------------------------------------
+
+    def _wave(self, item, sample_rate: int) -> torch.Tensor:
+        """One input of predict_batch/__call__ as a checked 16 kHz mono waveform."""
+        if isinstance(item, (str, os.PathLike)):
+            wave = load_audio(item)
+            try:
+                return check_waveform(wave, self.min_samples)
+            except InputError as error:
+                raise InputError(f"{item}: {error}") from error
+        if isinstance(item, dict):  # the transformers pipeline's {"array"/"raw": ..., "sampling_rate": ...}
+            array = item.get("array", item.get("raw"))
+            if array is None or "sampling_rate" not in item:
+                raise InputError(f"a dict input needs 'array' (or 'raw') and 'sampling_rate'; got keys {sorted(item)}")
+            return check_waveform(to_mono_16k(array, item["sampling_rate"]), self.min_samples)
+        if isinstance(item, (torch.Tensor, np.ndarray)):
+            return check_waveform(to_mono_16k(item, sample_rate), self.min_samples)
+        raise InputError(f"cannot predict a {type(item).__name__}: give a path, a waveform (tensor or array) or a "
+                         "dict with 'array' and 'sampling_rate'")
+
+    @torch.no_grad()
+    def predict_stream(self, waves: Iterable[torch.Tensor | InputError], *, batch_size: int = 16,
+                       lookahead: int | None = None) -> Iterator[tuple[int, Prediction | InputError]]:
+        """(position, Prediction or InputError) for each of ``waves``, in input order.
+
+        waves: 16 kHz mono (samples,) tensors (a silent or too-short one yields its InputError), or
+        the InputError of an input that could not be read (passed through). ``lookahead`` inputs
+        (default 8 batches) are read ahead and run in batches of ``batch_size`` similar lengths (see
+        lpmn_fast.inference.batch); inputs longer than one chunk run one at a time, chunked. Equal
+        to :meth:`predict` per input, up to float rounding.
+        """
+        lookahead = lookahead or 8 * batch_size
+        window: list[tuple[int, torch.Tensor | InputError]] = []
+        for position, wave in enumerate(waves):
+            window.append((position, wave))
+            if len(window) >= lookahead:
+                yield from self._run_window(window, batch_size)
+                window = []
+        yield from self._run_window(window, batch_size)
+
+    def _run_window(self, window, batch_size: int) -> Iterator[tuple[int, Prediction | InputError]]:
+        results: dict[int, Prediction | InputError] = {}
+        short = []
+        for position, wave in window:
+            if isinstance(wave, InputError):
+                results[position] = wave
+                continue
+            try:
+                check_waveform(wave, self.min_samples)
+            except InputError as error:
+                results[position] = error
+                continue
+            if self._frames(wave.numel()) > self.chunk_frames:
+                results[position] = self._predict(wave, False)
+            else:
+                short.append((position, wave))
+        batches = length_batches([w.numel() for _, w in short], batch_size)
+        backbone = self.model.backbone
+
+        def prepare(batch):
+            return [backbone.prepare(short[i][1]) for i in batch]
+
+        # The next batch's frozen features are computed in a second thread while this batch runs
+        # (as a DataLoader worker would): the CPU-side fbank overlaps the model.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            upcoming = pool.submit(prepare, batches[0]) if batches else None
+            for n, batch in enumerate(batches):
+                feats = upcoming.result()
+                upcoming = pool.submit(prepare, batches[n + 1]) if n + 1 < len(batches) else None
+                pooled = run_batch(self.model, [short[i][1] for i in batch], feats)
+                for i, result in zip(batch, pooled):
+                    results[short[i][0]] = self._prediction(result, short[i][1].numel())
+        for position in sorted(results):
+            yield position, results[position]
+
+    def _frames(self, samples: int) -> int:
+        backbone = self.model.backbone
+        if hasattr(backbone, "frame_count"):
+            return backbone.frame_count(samples)
+        return 1 + (samples - self.geometry.window) // self.geometry.shift
+
+    def predict_batch(self, items, sample_rate: int = SAMPLE_RATE, *, batch_size: int = 16,
+                      explain: bool = False) -> list[Prediction]:
+        """Predictions for many ``items``: paths, waveforms ((samples,) or (channels, samples) at
+        ``sample_rate``) or {"array", "sampling_rate"} dicts, run in padded batches of
+        ``batch_size``; the same results as :meth:`predict` one at a time, up to float rounding.
+        Raises InputError naming the first unusable item. explain=True runs one at a time (the
+        explanation's per-frame curves come from the chunked path)."""
+        items = list(items)
+        waves = []
+        for n, item in enumerate(items):
+            try:
+                waves.append(self._wave(item, sample_rate))
+            except InputError as error:
+                raise InputError(f"item {n}: {error}") from error
+        if explain:
+            return [self._predict(w, True) for w in waves]
+        return [p for _, p in self.predict_stream(waves, batch_size=batch_size)]
+
+    def __call__(self, inputs, sample_rate: int = SAMPLE_RATE, *, top_k: int | None = 5, batch_size: int = 16):
+        """The transformers audio-classification pipeline's interface: one input gives
+        [{"label", "score"}, ...] (best first, ``top_k`` of them, None = all); a list gives one such
+        list per input. Inputs as for :meth:`predict_batch`."""
+        single = not isinstance(inputs, (list, tuple))
+        predictions = self.predict_batch([inputs] if single else inputs, sample_rate, batch_size=batch_size)
+        ranked = [p.top(top_k) for p in predictions]
+        return ranked[0] if single else ranked
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu", hubert_path: str | None = None,

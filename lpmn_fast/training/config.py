@@ -21,7 +21,7 @@ from ..ops.validation import BACKENDS
 from ..protocol.splits import SPLITS
 from .logs import LOG_KINDS
 
-DATASETS = ("synthetic", "iemocap", "mer2023")
+DATASETS = ("synthetic", "iemocap", "mer2023", "manifest", "folder")
 BACKBONES = ("fbank", "hubert")
 METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
 
@@ -34,6 +34,8 @@ MER2023_PAPER_EPOCHS = 100  # section 4.1: MER2023 as IEMOCAP "except 100 traini
 # Dataset-dependent defaults of split and valence_weight (MER2023 has no sessions but has valence).
 DATASET_SPLITS = {"synthetic": "loso-speaker", "iemocap": "loso-speaker", "mer2023": "kfold"}
 VALENCE_DATASETS = ("mer2023",)
+# Your own corpus (lpmn_fast.data.manifest / .folder): classes, label map, splits and valence come from the data.
+OWN_DATASETS = ("manifest", "folder")
 
 
 def _f(default, help: str, factory=None):
@@ -55,7 +57,8 @@ def default_cache_dir() -> str:
 class TrainConfig:
     # data
     data: str = _f("synthetic", f"corpus: one of {DATASETS}; 'synthetic' is generated on first use")
-    data_dir: str | None = _f(None, "corpus root: IEMOCAP_full_release for iemocap (required); for mer2023, the "
+    data_dir: str | None = _f(None, "corpus root: IEMOCAP_full_release for iemocap (required); for folder, the "
+                                    "folder of class sub-folders (required); for mer2023, the "
                                     "folder holding train-label.csv and wav/ (or give --label-csv and --wav-dir); "
                                     "for synthetic, where to generate it (default: "
                                     "CACHE_DIR/synthetic/u<size>-d<difficulty>-seed<seed>)")
@@ -63,6 +66,14 @@ class TrainConfig:
                                      "default DATA_DIR/train-label.csv")
     wav_dir: str | None = _f(None, "mer2023: folder of 16 kHz mono <name>.wav files extracted from the videos "
                                    "(ffmpeg line in lpmn_fast/data/mer2023.py); default DATA_DIR/wav")
+    manifest: str | None = _f(None, "data 'manifest': a CSV, TSV or JSON Lines file with columns path, label and "
+                                    "optionally id, speaker, session or fold, valence, split (train/valid/test), "
+                                    "start and end (seconds); paths relative to the manifest's folder")
+    classes: str | None = _f(None, "manifest/folder: the classes and their order, comma-separated (e.g. "
+                                   "angry,happy,neutral,sad); a label outside them is an error (default: the "
+                                   "labels found, sorted)")
+    label_map: str | None = _f(None, "manifest/folder: rename, merge or drop labels before --classes, e.g. "
+                                     "exc:happy,fru:- (OLD:NEW, '-' drops OLD)")
     strict: bool = _f(False, "fail on any corpus problem (missing or corrupt WAV, malformed label, IEMOCAP class "
                              "counts differing from the release's 5531) instead of skipping it with a warning "
                              "that the results record")
@@ -74,7 +85,11 @@ class TrainConfig:
                                  "(validate and test on the held-out session); 'loso-speaker' = validate on one "
                                  "speaker of the held-out session, test on the other; 'kfold' = stratified, "
                                  "seeded k-fold, validation = a stratified part of the training folds (MER2023, "
-                                 "section 4.1); default loso-speaker for iemocap/synthetic, kfold for mer2023")
+                                 "section 4.1); 'speaker-kfold' = k-fold over whole speakers (manifest speaker "
+                                 "column); 'column' = a manifest's split column; default loso-speaker for "
+                                 "iemocap/synthetic, kfold for mer2023 and folder; for manifest: column if it has a "
+                                 "split column, else loso (session or fold column), else speaker-kfold (speaker "
+                                 "column), else kfold")
     test_session: int = _f(5, "held-out fold, 1-based: the session for loso/loso-speaker, the fold number for kfold")
     folds: int = _f(5, "kfold: number of folds")
     fold_seed: int = _f(0, "kfold: seed of the random partition (and of the validation part)")
@@ -107,7 +122,8 @@ class TrainConfig:
     fisher_momentum: float = _f(0.99, "EMA momentum of the Fisher importance, eq. (4)")
     valence_weight: float | None = _f(None, "weight of the valence MSE added to the loss, with a linear valence "
                                             "regressor beside the classifier (corpora with valence only); default "
-                                            "1 for mer2023, 0 (no regressor) otherwise")
+                                            "1 for mer2023 and manifests with a valence column, 0 (no regressor) "
+                                            "otherwise")
     dead_patience: int = _f(100, "restart a prototype from a random training frame after this many steps without "
                                  "being any frame's nearest prototype (0: never)")
     kmeans_frames: int = _f(20000, "frames sampled from the training set for the k-means codebook initialisation")
@@ -166,10 +182,11 @@ def resolve(config: TrainConfig) -> TrainConfig:
     for name, value in defaults.items():
         if getattr(c, name) is None:
             setattr(c, name, value)
+    columns = own_columns(c)
     if c.split is None:
-        c.split = DATASET_SPLITS.get(c.data, "loso-speaker")
+        c.split = DATASET_SPLITS.get(c.data, "loso-speaker") if columns is None else own_split(columns)
     if c.valence_weight is None:
-        c.valence_weight = 1.0 if c.data in VALENCE_DATASETS else 0.0
+        c.valence_weight = 1.0 if c.data in VALENCE_DATASETS or "valence" in (columns or ()) else 0.0
     if c.resume and c.run_dir is None:
         raise ValueError("resume needs run_dir (--run-dir): the directory of the run to continue")
     if c.run_dir is None:
@@ -194,8 +211,10 @@ def _check(c: TrainConfig) -> None:
     need(c.data != "mer2023" or c.split == "kfold",
          f"split {c.split!r} needs sessions, which MER2023 lacks; use split 'kfold'")
     need(c.valence_weight >= 0, f"valence_weight must be >= 0, got {c.valence_weight}")
-    need(c.data in VALENCE_DATASETS or c.valence_weight == 0,
-         f"data {c.data!r} has no valence labels; valence_weight must be 0 (only {VALENCE_DATASETS} have valence)")
+    _check_own(c, need)
+    need(c.data in VALENCE_DATASETS or c.valence_weight == 0 or "valence" in (own_columns(c) or ()),
+         f"data {c.data!r} has no valence labels; valence_weight must be 0 (only {VALENCE_DATASETS} and manifests "
+         "with a valence column have valence)")
     need(c.split != "kfold" or (c.folds >= 2 and 1 <= c.test_session <= c.folds),
          f"kfold needs folds >= 2 and test_session (the fold) in [1, folds]; got folds {c.folds}, "
          f"test_session {c.test_session}")
@@ -220,6 +239,53 @@ def _check(c: TrainConfig) -> None:
     need(c.threads is None or c.threads >= 1, f"threads must be >= 1, got {c.threads}")
     need(c.stop_after_steps is None or c.stop_after_steps >= 1, "stop_after_steps must be >= 1")
     need(c.log in LOG_KINDS, f"unknown log {c.log!r}; choose one of {LOG_KINDS}")
+
+
+def own_columns(c: TrainConfig) -> tuple[str, ...] | None:
+    """The recognised columns of your own corpus (a manifest's header; a class folder has path and
+    label), None for the built-in corpora or while the manifest is not given."""
+    if c.data == "folder":
+        return ("path", "label")
+    if c.data != "manifest" or c.manifest is None:
+        return None
+    from ..data.manifest import manifest_columns
+
+    return manifest_columns(c.manifest)
+
+
+def own_split(columns: tuple[str, ...]) -> str:
+    """The default protocol of your own corpus, from the columns it has."""
+    if "split" in columns:
+        return "column"
+    if "session" in columns or "fold" in columns:
+        return "loso"
+    return "speaker-kfold" if "speaker" in columns else "kfold"
+
+
+def _check_own(c: TrainConfig, need) -> None:
+    """The rules of the manifest and folder data sources (and of their fields elsewhere)."""
+    from ..data.manifest import parse_classes, parse_label_map
+
+    need(c.data != "manifest" or c.manifest is not None, "data 'manifest' needs manifest (--manifest FILE: CSV, TSV "
+                                                          "or JSON Lines with path and label columns)")
+    need(c.data != "folder" or c.data_dir is not None, "data 'folder' needs data_dir (--data-dir DIR with one "
+                                                        "sub-folder of audio files per class)")
+    need(c.data == "manifest" or c.manifest is None,
+         f"manifest is read by data 'manifest' only; data {c.data!r} ignores it")
+    need(c.data in OWN_DATASETS or (c.classes is None and c.label_map is None),
+         f"classes and label_map apply to data 'manifest' and 'folder'; data {c.data!r} has fixed classes")
+    parse_classes(c.classes)  # ValueError naming a bad list
+    parse_label_map(c.label_map)
+    columns = own_columns(c) or ()
+    need(c.split != "column" or "split" in columns, "split 'column' needs a manifest with a split column")
+    need(c.split != "speaker-kfold" or c.data != "manifest" or "speaker" in columns,
+         "split 'speaker-kfold' needs a manifest with a speaker column")
+    need(c.split not in ("loso", "loso-speaker") or c.data not in OWN_DATASETS
+         or "session" in columns or "fold" in columns,
+         f"split {c.split!r} needs sessions: a manifest with a session (or fold) column; use kfold or speaker-kfold")
+    need(c.split != "speaker-kfold" or (c.folds >= 2 and 1 <= c.test_session <= c.folds),
+         f"speaker-kfold needs folds >= 2 and test_session (the fold) in [1, folds]; got folds {c.folds}, "
+         f"test_session {c.test_session}")
 
 
 def config_dict(config: TrainConfig) -> dict:

@@ -19,7 +19,8 @@ from .steps import LabelledSet
 @dataclass(frozen=True)
 class Corpus:
     """root; utterances; classes (index = label id); counts per class; the loader's warnings;
-    expected_counts: what the class counts were checked against (IEMOCAP release), None if unchecked."""
+    expected_counts: what the class counts were checked against (IEMOCAP release), None if unchecked;
+    details: what else a results file records (your own corpus: source, columns, label map, sessions)."""
 
     root: Path
     utterances: tuple[Utterance, ...]
@@ -27,13 +28,14 @@ class Corpus:
     counts: dict[str, int] | None = None
     warnings: tuple[str, ...] = ()
     expected_counts: dict[str, int] | None = None
+    details: dict | None = None
 
     def describe(self) -> dict:
         """What a results file records about the corpus (the counts, and any mismatch or skipped part)."""
         return {"root": str(self.root), "utterances": len(self.utterances), "counts": self.counts,
                 "expected_counts": self.expected_counts,
                 "counts_match": None if self.expected_counts is None else self.counts == self.expected_counts,
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings), **({"details": self.details} if self.details is not None else {})}
 
 
 def synthetic_root(config) -> Path:
@@ -59,6 +61,8 @@ def load_corpus(config) -> Corpus:
     from ..data.iemocap import load_iemocap
 
     strict = getattr(config, "strict", False)
+    if config.data in ("manifest", "folder"):
+        return load_own_corpus(config, strict)
     if config.data == "mer2023":
         from ..data.mer2023 import load_mer2023
 
@@ -86,6 +90,24 @@ def load_corpus(config) -> Corpus:
         raise ValueError(f"labels {unknown} in {root} are not among the classes {IEMOCAP_CLASSES}")
     return Corpus(root, utterances, IEMOCAP_CLASSES, dict(corpus.counts), tuple(corpus.warnings),
                   corpus.expected_counts)
+
+
+def load_own_corpus(config, strict: bool = False) -> Corpus:
+    """Your own corpus: ``config.manifest`` (data 'manifest') or the class folders in
+    ``config.data_dir`` (data 'folder'), with ``config.classes`` and ``config.label_map``."""
+    options = {"classes": config.classes, "label_map": config.label_map, "strict": strict}
+    if config.data == "manifest":
+        from ..data.manifest import load_manifest
+
+        own = load_manifest(config.manifest, **options)
+        root = own.source.parent
+    else:
+        from ..data.folder import load_folder
+
+        own = load_folder(config.data_dir, **options)
+        root = own.source
+    return Corpus(root, tuple(own.utterances), own.classes, dict(own.counts), tuple(own.warnings),
+                  details={"data": config.data, **own.details()})
 
 
 def labelled_set(backbone, utterances: Sequence[Utterance], classes: Sequence[str], c, desc: str) -> LabelledSet:

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..data.atomic import atomic_path
-from ..data.audio import read_wav
+from ..data.audio import read_utterance
 from ..data.corpus import Utterance
 
 
@@ -61,10 +61,12 @@ def cache_features(backbone: torch.nn.Module, utterances: Sequence[Utterance], c
 
 def _cached(backbone: torch.nn.Module, utt: Utterance, folder: Path) -> torch.Tensor:
     stamp = _source_stamp(Path(utt.path))
+    if utt.start is not None or utt.end is not None:  # a segment of a longer file: its span is part of the source
+        stamp["span"] = f"{utt.start}-{utt.end}"
     file = folder / f"{utt.utt_id}-{hashlib.sha1(stamp['source'].encode()).hexdigest()[:10]}.safetensors"
     feats = _load_if_fresh(file, stamp)
     if feats is None:
-        feats = backbone.prepare(read_wav(utt.path)).contiguous()
+        feats = backbone.prepare(read_utterance(utt)).contiguous()
         with atomic_path(file) as tmp:
             save_file({"feats": feats}, str(tmp), metadata=stamp)
     return feats
@@ -81,4 +83,4 @@ class OnTheFlyFeatures:
         return len(self.utterances)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.backbone.prepare(read_wav(self.utterances[i].path))
+        return self.backbone.prepare(read_utterance(self.utterances[i]))

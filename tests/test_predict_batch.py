@@ -1,0 +1,272 @@
+"""Prediction at scale: batched results equal one-at-a-time ones, the pipeline-shaped API, input
+expansion (folders, manifests, wav.scp), and lpmn-predict writing a whole folder to CSV/JSONL with
+failures reported and --resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from training_fixtures import save_tiny_hubert, write_tiny_corpus
+
+import lpmn_fast
+from lpmn_fast.inference import InputError, Predictor
+from lpmn_fast.inference.batch import evidence_span, length_batches, run_batch
+from lpmn_fast.inference.chunks import run_chunked
+from lpmn_fast.inference.inputs import expand_inputs
+from lpmn_fast.predict import main as predict_main
+from lpmn_fast.training import make_config, resolve
+from lpmn_fast.training.build import build_model
+
+TINY = dict(fbank_mel_bins=16, encoder_hidden=16, num_prototypes=8, top_k=4, tau=0.2, progress=False, kernel="torch")
+CLASSES = ["neutral", "happy", "angry", "sad"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _model(tmp_path, head="lpmn", seed=0, **fields):
+    torch.manual_seed(seed)
+    if fields.get("valence_weight"):  # a corpus with valence, as far as the config is concerned
+        fields.update(data="mer2023", data_dir=str(tmp_path))
+    return build_model(resolve(make_config(**{**TINY, **fields}, head=head, run_dir=str(tmp_path))), 4).eval()
+
+
+def _waves(n=11, seed=0) -> list[torch.Tensor]:
+    """Ragged lengths: 0.03 s (2 frames) to about 3 s, odd sample counts."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [481, 16001, 4003, 48017, 640, 7777, 30011, 1201, 12345, 999, 25013][:n]
+    return [0.1 * torch.randn(n_, generator=g) + 0.2 * torch.sin(torch.arange(n_) * (0.01 + 0.003 * i))
+            for i, n_ in enumerate(lengths)]
+
+
+@pytest.mark.parametrize("head", ["lpmn", "ap", "mp"])
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_batched_equals_one_at_a_time(tmp_path, head, batch_size):
+    # float32 throughout: padded batches change BLAS blocking, so agreement is to rounding, not bits.
+    predictor = Predictor(_model(tmp_path, head, valence_weight=0.0), CLASSES, chunk_seconds=2.0)  # 48017 is chunked
+    waves = _waves()
+    batched = predictor.predict_batch(waves, batch_size=batch_size)
+    for wave, b in zip(waves, batched):
+        one = predictor.predict(wave, 16000, explain=False)
+        assert b.label == one.label and b.num_frames == one.num_frames and b.duration_s == one.duration_s
+        for c in CLASSES:
+            assert b.probabilities[c] == pytest.approx(one.probabilities[c], abs=1e-6)
+        assert b.evidence_span == one.evidence_span
+        assert (b.evidence_span is None) == (head != "lpmn")
+
+
+def test_padding_changes_nothing_in_the_pooled_results(tmp_path):
+    model = _model(tmp_path)
+    waves = _waves()
+    together = run_batch(model, waves)
+    for wave, r in zip(waves, together):
+        alone = run_chunked(model, wave, 10**6)
+        assert r.num_frames == alone.num_frames
+        torch.testing.assert_close(r.pooled, alone.pooled, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(r.logits, alone.logits, rtol=1e-5, atol=1e-6)
+        assert torch.equal(r.frame_index, alone.frame_index)
+
+
+def test_a_valence_model_batches_its_valence(tmp_path):
+    predictor = Predictor(_model(tmp_path, valence_weight=1.0), CLASSES)
+    waves = _waves(6)
+    for wave, b in zip(waves, predictor.predict_batch(waves, batch_size=4)):
+        assert b.valence == pytest.approx(predictor.predict(wave, 16000, explain=False).valence, abs=1e-5)
+
+
+def test_hubert_batches_equal_one_at_a_time(tmp_path):
+    hubert = save_tiny_hubert(tmp_path / "hubert")
+    model = _model(tmp_path, backbone="hubert", hubert_path=str(hubert), hubert_layers=2, hubert_finetune_layers=[2])
+    predictor = Predictor(model, CLASSES)
+    waves = _waves(7)
+    for wave, b in zip(waves, predictor.predict_batch(waves, batch_size=4)):
+        one = predictor.predict(wave, 16000, explain=False)
+        # the attention mask hides padding; float32 attention over a longer padded row rounds differently
+        for c in CLASSES:
+            assert b.probabilities[c] == pytest.approx(one.probabilities[c], abs=1e-5)
+
+
+def test_evidence_span_is_the_window_with_the_most_evidence(tmp_path):
+    model = _model(tmp_path)
+    predictor = Predictor(model, CLASSES, evidence_seconds=0.2)
+    wave = _waves()[3]  # 3 s
+    p = predictor.predict(wave, 16000)
+    label = CLASSES.index(p.label)
+    evidence = p.explanation.evidence[:, label].clamp_min(0)  # per-frame evidence (exact split of the logit)
+    width = 10  # 0.2 s of 20 ms frames
+    sums = torch.stack([evidence[a:a + width].sum() for a in range(p.num_frames - width + 1)])
+    start, end = p.evidence_span
+    a = round(start / 0.02)
+    assert sums[a] >= sums.max() * (1 - 1e-4)
+    assert end == pytest.approx(min((a + width - 1) * 0.02 + 0.025, wave.numel() / 16000), abs=1e-4)
+    result = run_chunked(model, wave, 10**6)
+    # a window longer than the input: all of its frames
+    assert evidence_span(model.head, result, label, predictor.geometry, wave.numel(), 100.0) == (
+        0.0, round(((p.num_frames - 1) * 320 + 400) / 16000, 4))
+
+
+def test_length_batches_group_similar_lengths():
+    assert length_batches([5, 1, 9, 3, 7], 2) == [[2, 4], [0, 3], [1]]
+    with pytest.raises(ValueError, match="batch_size"):
+        length_batches([1], 0)
+
+
+def test_pipeline_shaped_output(tmp_path, corpus):
+    predictor = Predictor(_model(tmp_path), CLASSES)
+    wave = _waves()[1]
+    top = predictor(wave, top_k=2)
+    assert [set(d) for d in top] == [{"label", "score"}] * 2 and top[0]["score"] >= top[1]["score"]
+    full = predictor(wave, top_k=None)
+    assert sorted(d["label"] for d in full) == sorted(CLASSES) and sum(d["score"] for d in full) == pytest.approx(1)
+    assert full[:2] == top
+    path = str(corpus.utterances[0].path)
+    as_path, as_dict, as_array = predictor([path, {"array": soundfile.read(path)[0], "sampling_rate": 16000},
+                                            soundfile.read(path, dtype="float32")[0]])
+    assert [d["label"] for d in as_path] == [d["label"] for d in as_dict] == [d["label"] for d in as_array]
+    assert as_path[0]["score"] == pytest.approx(as_dict[0]["score"], abs=1e-6)
+    with pytest.raises(InputError, match="item 1: .*all-silent"):
+        predictor.predict_batch([wave, torch.zeros(16000)])
+    with pytest.raises(InputError, match="item 0: .*'array'"):
+        predictor.predict_batch([{"sampling_rate": 16000}])
+    with pytest.raises(InputError, match="cannot predict a int"):
+        predictor.predict_batch([3])
+
+
+def test_inputs_expand_folders_manifests_and_wav_scp(tmp_path, corpus):
+    folder = tmp_path / "in"
+    (folder / "sub" / ".hidden").mkdir(parents=True)
+    for i, u in enumerate(corpus.utterances[:3]):
+        (folder / ("sub" if i else "") / u.path.name).symlink_to(u.path)
+    (folder / "readme.txt").write_text("ignored")
+    (folder / "sub" / ".hidden" / "x.wav").symlink_to(corpus.utterances[3].path)
+    manifest = tmp_path / "list.tsv"
+    manifest.write_text(f"path\tlabel\tstart\tend\n{corpus.utterances[4].path}\tangry\t0.1\t0.3\n"
+                        f"in/{corpus.utterances[0].path.name}\t\t\t\n\tsad\t\t\n")
+    scp = tmp_path / "wav.scp"
+    scp.write_text(f"utt1 {corpus.utterances[5].path}\nutt2 sox a.wav -t wav - |\nbroken\n")
+    (tmp_path / "empty").mkdir()
+    assert "no audio files under the folder" in expand_inputs([tmp_path / "empty"])[0].error
+    items = expand_inputs([folder, manifest, scp, tmp_path / "missing.wav"])
+    assert [i.file for i in items[:3]] == [str(folder / corpus.utterances[0].path.name)] + sorted(
+        str(folder / "sub" / u.path.name) for u in corpus.utterances[1:3])
+    assert (items[3].start, items[3].end) == (0.1, 0.3)
+    assert items[4].file == str(folder / corpus.utterances[0].path.name)
+    assert items[5].error == f"empty path at {manifest}:4"
+    assert (items[6].id, items[6].file, items[6].error) == ("utt1", str(corpus.utterances[5].path), None)
+    assert "piped command" in items[7].error and f"{scp}:2" in items[7].error
+    assert f"{scp}:3" in items[8].error and items[9].file == str(tmp_path / "missing.wav")
+
+
+@pytest.fixture(scope="module")
+def big_folder(tmp_path_factory):
+    """103 audio files in nested folders (one 3 s file among 0.3-1 s ones) and one corrupt file."""
+    root = tmp_path_factory.mktemp("big")
+    rng = np.random.default_rng(0)
+    for i in range(103):
+        seconds = 3.0 if i == 50 else rng.uniform(0.3, 1.0)
+        t = np.arange(int(16000 * seconds)) / 16000
+        wave = 0.3 * np.sin(2 * np.pi * (150 + 5 * i) * t) + 0.02 * rng.standard_normal(t.size)
+        path = root / f"speaker{i % 4}" / f"clip{i:03d}.{'flac' if i % 3 else 'wav'}"
+        path.parent.mkdir(exist_ok=True)
+        soundfile.write(path, wave.astype(np.float32), 16000 if i % 5 else 22050)
+    (root / "speaker1" / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    return root
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    _model(folder, valence_weight=1.0).save_pretrained(folder / "lpmn", CLASSES)
+    return folder / "lpmn"
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_labels_a_folder_of_100_files_to_csv(tmp_path, big_folder, saved_model, capsys):
+    out = tmp_path / "labels.csv"
+    code = predict_main([str(saved_model), str(big_folder), "--output", str(out), "--batch-size", "8",
+                         "--no-progress"])
+    assert code == 1  # the corrupt file
+    captured = capsys.readouterr()
+    rows = _csv(out)
+    assert len(rows) == 104 and len({r["file"] for r in rows}) == 104
+    assert list(rows[0]) == ["file", "label", *(f"prob_{c}" for c in CLASSES), "valence", "evidence_start_s",
+                             "evidence_end_s", "duration_s", "num_frames", "error"]
+    failed = [r for r in rows if r["error"]]
+    assert [r["file"] for r in failed] == [str(big_folder / "speaker1" / "corrupt.wav")]
+    assert "cannot decode" in failed[0]["error"] and failed[0]["label"] == ""
+    predictor = lpmn_fast.load(saved_model)
+    for r in rows:
+        if r["error"]:
+            continue
+        assert r["label"] in CLASSES and sum(float(r[f"prob_{c}"]) for c in CLASSES) == pytest.approx(1, abs=1e-5)
+        assert 0 <= float(r["evidence_start_s"]) < float(r["evidence_end_s"]) <= float(r["duration_s"]) + 1e-4
+    some = [r for r in rows if not r["error"]][::25]
+    for r in some:  # the CSV holds what predict_file gives one at a time
+        one = predictor.predict_file(r["file"], explain=False)
+        assert r["label"] == one.label and float(r["valence"]) == pytest.approx(one.valence, abs=1e-5)
+    assert "104 inputs in" in captured.err and "utterances/s" in captured.err and "real-time factor" in captured.err
+    assert "1 of 104 files failed" in captured.err
+
+
+def test_cli_resume_skips_what_is_done_and_retries_failures(tmp_path, big_folder, saved_model, capsys, monkeypatch):
+    out = tmp_path / "labels.jsonl"
+    first = sorted(big_folder.glob("speaker0/*"))
+    assert predict_main([str(saved_model), *map(str, first), str(big_folder / "speaker1" / "corrupt.wav"),
+                         "--output", str(out), "--no-progress"]) == 1
+    before = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(before) == len(first) + 1
+    assert predict_main([str(saved_model), str(big_folder), "--output", str(out)]) == 2  # would overwrite
+    assert "--resume" in capsys.readouterr().err
+    seen = []
+    original = Predictor.predict_stream
+
+    def spy(self, waves, **kwargs):
+        waves = list(waves)
+        seen.append(len(waves))
+        return original(self, waves, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_stream", spy)
+    assert predict_main([str(saved_model), str(big_folder), "--output", str(out), "--resume", "--no-progress"]) == 1
+    assert seen == [104 - len(first)]  # the corrupt file again, and every file not yet labelled
+    assert "already labelled" in capsys.readouterr().err
+    after = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(after) == 104 and after[:len(first)] == before[:len(first)]  # earlier rows kept as written
+    assert predict_main([str(saved_model), str(big_folder), "--output", str(out), "--overwrite",
+                         "--no-progress", "--batch-size", "32"]) == 1
+    assert len(out.read_text().splitlines()) == 104
+
+
+def test_cli_output_problems_are_named(tmp_path, saved_model, corpus, capsys):
+    wav = str(corpus.utterances[0].path)
+    assert predict_main([str(saved_model), wav, "--output", str(tmp_path / "x.txt")]) == 2
+    assert "name it .csv or .jsonl" in capsys.readouterr().err
+    other = tmp_path / "other.csv"
+    other.write_text("file,label,prob_a,prob_b,error\nx.wav,a,0.5,0.5,\n")
+    assert predict_main([str(saved_model), wav, "--output", str(other), "--resume"]) == 2
+    assert "holds probabilities of classes ['a', 'b']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        predict_main([str(saved_model), wav, "--resume"])
+    assert "need --output" in capsys.readouterr().err
+
+
+def test_cli_manifest_spans_and_wav_scp_ids(tmp_path, saved_model, corpus, capsys):
+    scp = tmp_path / "wav.scp"
+    scp.write_text(f"first {corpus.utterances[0].path}\n")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,start,end\n{corpus.utterances[1].path},0.1,0.3\n")
+    out = tmp_path / "o.csv"
+    assert predict_main([str(saved_model), str(scp), str(manifest), "--output", str(out), "--no-progress"]) == 0
+    rows = _csv(out)
+    assert [r["id"] for r in rows] == ["first", ""] and [r["start"] for r in rows] == ["", "0.1"]
+    assert float(rows[1]["duration_s"]) == pytest.approx(0.2)
