@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hubert-path", help="HuBERT models: the pretrained HuBERT directory, if not at the path "
                                          "recorded at training")
     p.add_argument("--kernel", choices=("auto", "triton", "torch"), help="prototype-MIL backend (default: as saved)")
+    p.add_argument("--precision", choices=("auto", "fp32", "tf32", "bf16", "fp16"), default="auto",
+                   help="numeric precision: bf16/fp16 run the model under autocast (the op on 16-bit inputs), "
+                        "tf32 allows TF32 tensor-core matmuls; auto = bf16 on a GPU that supports it, else fp32 "
+                        "(default auto)")
     return p
 
 
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .inference import InputError, load  # after parsing: --help stays fast
     from .inference.audio import SAMPLE_RATE, load_audio
+    from .training.precision import Precision
 
     options = {"chunk_seconds": args.chunk_seconds, "context_seconds": args.context_seconds}
     if args.top_k is not None:
@@ -82,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, TypeError) as error:
         print(f"lpmn-predict: error: cannot load the model: {error}", file=sys.stderr)
         return 2
+    try:
+        precision = Precision.create(args.precision, next(predictor.model.parameters()).device)
+    except ValueError as error:
+        print(f"lpmn-predict: error: {error}", file=sys.stderr)
+        return 2
     if args.explain and not predictor.explainable:
         print(f"lpmn-predict: note: {predictor.unsupported}", file=sys.stderr)
 
@@ -89,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     for path, stem in zip(args.audio, _stems(args.audio)):
         try:
             wave = load_audio(path)  # its errors name the file
-            prediction = predictor.predict(wave, SAMPLE_RATE, explain=args.explain is not None)
+            with precision.matmul_settings(), precision.autocast():
+                prediction = predictor.predict(wave, SAMPLE_RATE, explain=args.explain is not None)
         except InputError as error:
             message = str(error) if str(path) in str(error) else f"{path}: {error}"
             print(f"lpmn-predict: {message}", file=sys.stderr)
