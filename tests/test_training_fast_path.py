@@ -83,18 +83,19 @@ def test_pooled_comes_back_in_the_autocast_dtype():
 
 
 def test_bf16_training_converges_as_fp32(tmp_path):
-    """bf16 autocast on the synthetic corpus (40 utterances a speaker) ends within a stated margin of
-    fp32: final training loss within 10% and test WA within 10 points (4 points = one utterance of
-    the 40-utterance test speaker... here 40 utterances, so 4 utterances)."""
-    fields = {**TINY, "test_session": 5, "synthetic_utterances_per_speaker": 40, "epochs": 4, "batch_size": 16,
-              "encoder_hidden": 32, "num_prototypes": 32, "top_k": 8, "tau": 0.05, "lr": 5e-3}
-    results = {p: train(_config(tmp_path, **fields, precision=p, run_dir=str(tmp_path / p))) for p in ("fp32", "bf16")}
+    """bf16 autocast on the synthetic corpus (strongest cues, 20 utterances a speaker, demo model)
+    tracks fp32: the training loss within 5% of fp32's at every epoch, and test WA within 15
+    points (3 of the 20 test utterances). Measured on the dev CPU: 1.24 vs 1.22 after 6 epochs."""
+    fields = {"test_session": 5, "synthetic_utterances_per_speaker": 20, "synthetic_difficulty": 0.0, "epochs": 6,
+              "batch_size": 16, "probe_epochs": 0, "progress": False, "cache_dir": str(tmp_path / "cache")}
+    results = {p: train(make_config(**fields, precision=p, run_dir=str(tmp_path / p))) for p in ("fp32", "bf16")}
     fp32, bf16 = results["fp32"], results["bf16"]
     assert bf16["precision"] == "bf16" and fp32["precision"] == "fp32"
-    first, last = fp32["history"][0]["train_loss"], fp32["history"][-1]["train_loss"]
-    assert last < 0.8 * first  # fp32 learns something, so the comparison means something
-    assert bf16["history"][-1]["train_loss"] == pytest.approx(last, rel=0.10)
-    assert abs(bf16["test"]["wa"] - fp32["test"]["wa"]) <= 0.10
+    losses = {p: [h["train_loss"] for h in r["history"]] for p, r in results.items()}
+    assert losses["fp32"][-1] < 0.9 * losses["fp32"][0]  # fp32 learns, so the comparison means something
+    for a, b in zip(losses["fp32"], losses["bf16"]):
+        assert b == pytest.approx(a, rel=0.05)
+    assert abs(bf16["test"]["wa"] - fp32["test"]["wa"]) <= 0.15 + 1e-9
 
 
 def test_precision_resolution_and_settings():
