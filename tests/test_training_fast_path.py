@@ -292,3 +292,45 @@ def test_history_records_padding_lr_and_seconds(tmp_path, use_corpus):
     assert 0 <= epoch["padding_fraction"] < 1 and epoch["lr"] == 1e-2 and epoch["seconds"] >= 0
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["history"][0]["padding_fraction"] == epoch["padding_fraction"]
+
+
+def test_predict_takes_a_precision(tmp_path, use_corpus, capsys):
+    from lpmn_fast.predict import main as predict_main
+
+    train(_config(tmp_path, epochs=1, probe_epochs=1))
+    wav = str(use_corpus.utterances[0].path)
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        assert predict_main([str(tmp_path / "run"), wav, "--json", "--precision", precision]) == 0
+        outputs[precision] = json.loads(capsys.readouterr().out)[0]
+    # bf16 rounds the features to 8 bits of mantissa: probabilities agree to about 1e-2
+    for name, p in outputs["fp32"]["probabilities"].items():
+        assert outputs["bf16"]["probabilities"][name] == pytest.approx(p, abs=0.05)
+    with pytest.raises(SystemExit):
+        predict_main([str(tmp_path / "run"), wav, "--precision", "fp8"])
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("decode_only", [False, True], ids=["workers-prepare", "workers-decode-only"])
+def test_worker_pipeline_gives_the_batches_of_the_cached_features(tmp_path, corpus, monkeypatch, decode_only):
+    """On-the-fly features read by 2 worker processes (computing the frozen part, or only decoding
+    when it lives on a GPU, simulated here) batch exactly like cached features read in-process."""
+    from lpmn_fast.training.features import OnTheFlyFeatures, cache_features
+    from lpmn_fast.training.loader import batch_loader, feature_sizes
+    from lpmn_fast.training.steps import LabelledSet
+
+    monkeypatch.setattr(OnTheFlyFeatures, "prepare_on_gpu", property(lambda self: decode_only))
+    c = resolve(_config(tmp_path))
+    backbone = build_model(c, 4).backbone
+    utts = corpus.utterances[:10]
+    labels = torch.arange(10) % 4
+    cached = LabelledSet(cache_features(backbone, utts, tmp_path / "cache", progress=False), labels, ())
+    fly = LabelledSet(OnTheFlyFeatures(backbone, utts), labels, ())
+    assert feature_sizes(fly.features) == feature_sizes(cached.features)  # header-based sizes are exact at 16 kHz
+    batches = epoch_batches(feature_sizes(cached.features), 3, seed=0, epoch=1, max_frames=30)
+    expected = list(batch_loader(cached, batches))
+    got = list(batch_loader(fly, batches, workers=2))
+    assert len(got) == len(expected) == 4
+    for a, b in zip(got, expected):
+        assert torch.equal(a.index, b.index) and torch.equal(a.lengths, b.lengths)
+        torch.testing.assert_close(a.feats, b.feats, rtol=0, atol=0)

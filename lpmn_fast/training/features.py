@@ -103,6 +103,19 @@ class OnTheFlyFeatures:
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.backbone.prepare(read_wav(self.utterances[i].path))
 
+    @property
+    def prepare_on_gpu(self) -> bool:
+        """Whether the frozen part's weights are on a GPU: DataLoader workers (forked processes,
+        which cannot use CUDA) then only decode and resample, and the training process prepares."""
+        return any(p.device.type != "cpu" for p in self.backbone.parameters())
+
+    def waveform(self, i: int) -> torch.Tensor:
+        """Utterance ``i`` decoded, mono, at 16 kHz (the part a worker does when :attr:`prepare_on_gpu`)."""
+        return read_wav(self.utterances[i].path)
+
+    def from_waveform(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.backbone.prepare(wave)
+
     def frame_estimates(self) -> list[int]:
         """Frames per utterance from the audio headers, without decoding anything (for length
         bucketing): exact for 16 kHz files, whose sample count is known; others are resampled

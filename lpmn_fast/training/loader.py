@@ -20,22 +20,33 @@ from .steps import LabelledSet
 
 
 class FeatureDataset(Dataset):
-    """Items of a LabelledSet by :class:`~.sampler.Item` key: (T, F) features (cropped), label, index, valence."""
+    """Items of a LabelledSet by :class:`~.sampler.Item` key: (T, F) features (cropped), label, index, valence.
 
-    def __init__(self, data: LabelledSet):
+    ``decode_only``: (on-the-fly features whose frozen part is on a GPU) items carry the decoded
+    waveform and their crop instead; :func:`finish_batch` prepares them in the training process.
+    """
+
+    def __init__(self, data: LabelledSet, decode_only: bool = False):
         self.data = data
+        self.decode_only = decode_only
 
     def __len__(self) -> int:
         return len(self.data.labels)
 
     def __getitem__(self, item: Item):
         index, start, frames = item if isinstance(item, tuple) else (int(item), 0, None)
-        feats = self.data.features[index]
-        if frames is not None:
-            start = min(start, max(0, feats.shape[0] - frames))  # on-the-fly sizes are estimates
-            feats = feats[start:start + frames]
         valence = None if self.data.valence is None else float(self.data.valence[index])
-        return feats, int(self.data.labels[index]), index, valence
+        if self.decode_only:
+            return self.data.features.waveform(index), int(self.data.labels[index]), index, valence, (start, frames)
+        return crop(self.data.features[index], start, frames), int(self.data.labels[index]), index, valence
+
+
+def crop(feats: torch.Tensor, start: int, frames: int | None) -> torch.Tensor:
+    """feats (T, F) -> frames [start, start + frames) (all of them for ``frames`` None)."""
+    if frames is None:
+        return feats
+    start = min(start, max(0, feats.shape[0] - frames))  # on-the-fly sizes are estimates
+    return feats[start:start + frames]
 
 
 def collate_items(items: Sequence[tuple]) -> Batch:
@@ -43,12 +54,28 @@ def collate_items(items: Sequence[tuple]) -> Batch:
     return collate(feats, labels, index, None if valence[0] is None else valence)
 
 
+def _keep_items(items: Sequence[tuple]) -> list[tuple]:
+    return list(items)
+
+
+def finish_batch(features, items: Sequence[tuple]) -> Batch:
+    """The Batch of decode-only items: the frozen part of every waveform, cropped, padded."""
+    return collate_items([(crop(features.from_waveform(wave), *window), label, index, valence)
+                          for wave, label, index, valence, window in items])
+
+
 def batch_loader(data: LabelledSet, batches: Sequence[Sequence[Item]], *, workers: int = 0, seed: int = 0,
-                 pin_memory: bool = False) -> DataLoader:
-    """A DataLoader yielding the padded :class:`Batch` of each of ``batches``, in order."""
-    return DataLoader(FeatureDataset(data), batch_sampler=list(batches), collate_fn=collate_items,
-                      num_workers=workers, pin_memory=pin_memory,
-                      generator=torch.Generator().manual_seed(seed), persistent_workers=False)
+                 pin_memory: bool = False):
+    """An iterable of the padded :class:`Batch` of each of ``batches``, in order (a DataLoader;
+    with workers over on-the-fly features on a GPU, a generator finishing the workers' decoded audio)."""
+    decode_only = workers > 0 and getattr(data.features, "prepare_on_gpu", False)
+    loader = DataLoader(FeatureDataset(data, decode_only), batch_sampler=list(batches),
+                        collate_fn=_keep_items if decode_only else collate_items, num_workers=workers,
+                        pin_memory=pin_memory and not decode_only, generator=torch.Generator().manual_seed(seed),
+                        persistent_workers=False)
+    if not decode_only:
+        return loader
+    return (finish_batch(data.features, items) for items in loader)
 
 
 def feature_sizes(features) -> list[int]:
