@@ -334,3 +334,13 @@ def test_worker_pipeline_gives_the_batches_of_the_cached_features(tmp_path, corp
     for a, b in zip(got, expected):
         assert torch.equal(a.index, b.index) and torch.equal(a.lengths, b.lengths)
         torch.testing.assert_close(a.feats, b.feats, rtol=0, atol=0)
+
+
+def test_a_run_saved_before_the_fast_path_fields_resumes_only_as_it_was_made():
+    from lpmn_fast.training.config import changed_fields, config_dict
+
+    current = config_dict(make_config())
+    saved = {k: v for k, v in current.items() if k not in ("precision", "bucket", "grad_accum", "cache_dtype")}
+    assert changed_fields(saved, current) == ["precision", "bucket"]  # defaults auto and bucketed batches
+    as_made = {**current, "precision": "fp32", "bucket": False}
+    assert changed_fields(saved, as_made) == []

@@ -171,9 +171,21 @@ RUN_CONTROL = ("resume", "stop_after_steps", "progress", "device", "threads", "r
                "workers")  # worker processes change how batches are read, never what they hold
 
 
+# What a run saved before these fields existed did, as the values that reproduce it: such a run
+# resumes (or is read back) only with these, never silently with another batching or precision.
+BEFORE_FIELD = {"precision": ("fp32",), "cache_dtype": ("float32",), "deterministic": (None, True),
+                "bucket": (False,), "max_seconds": (None,), "grad_accum": (1,), "lr_schedule": ("constant",),
+                "warmup_steps": (0,), "max_grad_norm": (None,), "backbone_lr": (None,), "patience": (None,)}
+
+
 def changed_fields(saved: dict, current: dict) -> list[str]:
     """Fields of the ``current`` config dict that differ from a ``saved`` one of the same run (RUN_CONTROL aside)."""
-    return [k for k in current if k not in RUN_CONTROL and saved.get(k) != current[k]]
+    def differs(k):
+        if k not in saved and k in BEFORE_FIELD:
+            return current[k] not in BEFORE_FIELD[k]
+        return saved.get(k) != current[k]
+
+    return [k for k in current if k not in RUN_CONTROL and differs(k)]
 
 
 def default_run_root(data: str, backbone: str) -> Path:
