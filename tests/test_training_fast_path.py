@@ -49,7 +49,8 @@ def _random_batch(backbone, n: int, seed: int = 0):
 # ---- precision -------------------------------------------------------------------------------
 
 
-def test_bf16_autocast_calls_the_op_with_bf16_inputs_and_keeps_fp32_master_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kernel", ["torch", "triton"])  # triton: through the interpreter on a CPU
+def test_bf16_autocast_calls_the_op_with_bf16_inputs_and_keeps_fp32_master_weights(tmp_path, monkeypatch, kernel):
     seen = []
     real = mil_module.prototype_mil
 
@@ -59,7 +60,7 @@ def test_bf16_autocast_calls_the_op_with_bf16_inputs_and_keeps_fp32_master_weigh
         return real(x, prototypes, lengths, **kwargs)
 
     monkeypatch.setattr(mil_module, "prototype_mil", spy)
-    c = resolve(_config(tmp_path, kernel="torch"))
+    c = resolve(_config(tmp_path, kernel=kernel))
     torch.manual_seed(0)
     model = build_model(c, 4)
     batch = _random_batch(model.backbone, 6)

@@ -138,7 +138,7 @@ class TrainConfig:
                                      "disk and memory (features are rounded; float32 is exact)")
     deterministic: bool | None = _f(None, "deterministic algorithms (fixed-order Fisher sums in the fused backward, "
                                           "deterministic CPU index_put, cuBLAS restrictions); resumed runs replay "
-                                          "bit for bit only with it. Default: on on CPU, off on CUDA (speed)")
+                                          "bit for bit only with it; default: on on CPU, off on CUDA (speed)")
     workers: int = _f(0, "DataLoader worker processes that read cached features, or decode and resample audio "
                          "when features are not cached (0: in the training process)")
     bucket: bool = _f(True, "length-bucketed batches: utterances of similar duration batched together (less "
