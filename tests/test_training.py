@@ -109,10 +109,11 @@ def _without_timing(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in history]
 
 
-# Bucketed batches are the default; the second case also reads with 2 worker processes, crops to
+# Random batches are the fbank default; the last case also reads with 2 worker processes, crops to
 # 0.5 s (the tiny corpus has 0.4-0.8 s) and accumulates 2 micro-batches of 2 per step.
-@pytest.mark.parametrize("fields", [{}, {"bucket": False},
-                                    {"workers": 2, "max_seconds": 0.5, "grad_accum": 2, "batch_size": 2}],
+@pytest.mark.parametrize("fields", [{"bucket": True}, {},
+                                    {"bucket": True, "workers": 2, "max_seconds": 0.5, "grad_accum": 2,
+                                     "batch_size": 2}],
                          ids=["buckets", "random-batches", "workers-crops-accumulation"])
 def test_resume_ends_with_the_same_result(tmp_path, use_corpus, fields):
     full = train(_config(tmp_path / "a", **fields))

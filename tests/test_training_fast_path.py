@@ -165,7 +165,9 @@ def test_accumulated_run_equals_one_batch_run(tmp_path, use_corpus):
     _, b, _, _ = load_checkpoint(tmp_path / "b" / "run" / "checkpoints", "last")
     for name in a:
         if a[name].is_floating_point():
-            torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+            # 8 Adam steps amplify float rounding where a gradient is near 0 (Adam divides by its RMS):
+            # atol 1e-4 = 1% of one step at lr 1e-2 (seen: 3e-5 at most)
+            torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-4, msg=name)
         else:
             assert torch.equal(b[name], a[name]), name
     for x, y in zip(big["history"], accumulated["history"]):
@@ -340,8 +342,10 @@ def test_worker_pipeline_gives_the_batches_of_the_cached_features(tmp_path, corp
 def test_a_run_saved_before_the_fast_path_fields_resumes_only_as_it_was_made():
     from lpmn_fast.training.config import changed_fields, config_dict
 
-    current = config_dict(make_config())
+    current = config_dict(resolve(make_config(run_dir="unused", bucket=True)))
     saved = {k: v for k, v in current.items() if k not in ("precision", "bucket", "grad_accum", "cache_dtype")}
-    assert changed_fields(saved, current) == ["precision", "bucket"]  # defaults auto and bucketed batches
+    assert changed_fields(saved, current) == ["precision", "bucket"]  # auto precision, bucketed batches
+    demo = config_dict(resolve(make_config(run_dir="unused", precision="fp32")))
+    assert demo["bucket"] is False and changed_fields(saved, demo) == []  # the fbank default: random batches
     as_made = {**current, "precision": "fp32", "bucket": False}
     assert changed_fields(saved, as_made) == []

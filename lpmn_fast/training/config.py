@@ -141,8 +141,10 @@ class TrainConfig:
                                           "bit for bit only with it; default: on on CPU, off on CUDA (speed)")
     workers: int = _f(0, "DataLoader worker processes that read cached features, or decode and resample audio "
                          "when features are not cached (0: in the training process)")
-    bucket: bool = _f(True, "length-bucketed batches: utterances of similar duration batched together (less "
-                            "padding), batch order shuffled, every utterance once per epoch, deterministic by seed")
+    bucket: bool | None = _f(None, "length-bucketed batches: utterances of similar duration batched together "
+                                   "(less padding), batch order shuffled, every utterance once per epoch, "
+                                   "deterministic by seed; default: on for hubert, off for the fbank demo (whose "
+                                   "results it keeps; bucketing would cut its padding fraction from 0.32 to 0.09)")
     max_seconds: float | None = _f(None, "training only: random crops of at most this many seconds (validation, "
                                          "test and prediction see full utterances); default: no crop")
     grad_accum: int = _f(1, "micro-batches of --batch-size per optimizer step (effective batch = batch_size x "
@@ -206,6 +208,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
         c.split = DATASET_SPLITS.get(c.data, "loso-speaker")
     if c.valence_weight is None:
         c.valence_weight = 1.0 if c.data in VALENCE_DATASETS else 0.0
+    if c.bucket is None:
+        c.bucket = c.backbone == "hubert"
     if c.resume and c.run_dir is None:
         raise ValueError("resume needs run_dir (--run-dir): the directory of the run to continue")
     if c.run_dir is None:
