@@ -349,3 +349,17 @@ def test_a_run_saved_before_the_fast_path_fields_resumes_only_as_it_was_made():
     assert demo["bucket"] is False and changed_fields(saved, demo) == []  # the fbank default: random batches
     as_made = {**current, "precision": "fp32", "bucket": False}
     assert changed_fields(saved, as_made) == []
+
+
+def test_experiment_and_train_take_the_fast_path_flags(capsys):
+    from lpmn_fast.experiment import build_parser as experiment_parser
+    from lpmn_fast.train import build_parser as train_parser
+
+    for parser in (train_parser(), experiment_parser()):
+        text = parser.format_help()
+        for flag in ("--precision", "--cache-dtype", "--deterministic", "--workers", "--bucket", "--max-seconds",
+                     "--grad-accum", "--lr-schedule", "--warmup-steps", "--max-grad-norm", "--backbone-lr",
+                     "--patience"):
+            assert flag in text, flag
+    args = experiment_parser().parse_args(["--precision", "bf16", "--grad-accum", "2", "--no-bucket"])
+    assert (args.precision, args.grad_accum, args.bucket) == ("bf16", 2, False)
