@@ -82,6 +82,8 @@ class Case:
 
     @property
     def passes(self) -> int:
+        if self.kind in MODEL_STEP_KINDS:
+            return MODEL_STEP_PASSES
         return 1 if self.kind == "matmul" else PASSES[self.mode]
 
     @property
@@ -118,6 +120,9 @@ class Profile:
     max_autotune: tuple[tuple[str, str], ...] = ()
     train_dtypes: tuple[str, ...] = ()
     rounds: tuple[int, int] = (3, 20)  # min and max timed rounds
+    # Full training steps (trainable backbone part + LPMN head): (backbone, B, T, C, K) and precisions.
+    model_steps: tuple[tuple[str, int, int, int, int], ...] = ()
+    model_step_precisions: tuple[str, ...] = ()
     target_s: float = 1.0  # timed seconds per case aimed at, between those bounds
     torch_threads: int | None = None  # CPU threads for torch (None: torch's default)
 
@@ -133,6 +138,8 @@ PROFILES = {
         sweep_dtype="float32",
         sweep_base=(4, 100, 128, 128),
         train_dtypes=("float32",),
+        model_steps=(("fbank", 8, 100, 64, 256), ("hubert", 8, 100, 32, 64)),
+        model_step_precisions=("fp32", "bf16"),
         rounds=(3, 10),
         target_s=0.3,
         # One thread: on the shared 2-core dev machine a busy neighbour stalls every OpenMP barrier of
@@ -149,6 +156,8 @@ PROFILES = {
         sweep_dtype="bfloat16",
         max_autotune=tuple((d, m) for d in ("bfloat16", "float32") for m in MODES),
         train_dtypes=("bfloat16", "float32"),
+        model_steps=(("fbank", 128, 300, 256, 1024), ("hubert", 128, 300, 1024, 1024)),
+        model_step_precisions=("bf16", "tf32", "fp32", "fp16"),
         rounds=(10, 100),
         target_s=1.0,
     ),
@@ -162,6 +171,8 @@ PROFILES = {
         sweep_dtype="bfloat16",
         max_autotune=(("bfloat16", "full"),),
         train_dtypes=("bfloat16",),
+        model_steps=(("hubert", 128, 300, 1024, 1024),),
+        model_step_precisions=("bf16", "tf32"),
         rounds=(10, 50),
         target_s=0.5,
     ),
@@ -224,6 +235,25 @@ def train_cases(profile: Profile) -> list[Case]:
         Case("train_step", provider, "train_step", B, T, C, K, dtype, ("train",), 50 + 30 * i + _provider_rank(provider),
              hash((B, T, C, K)) % 2**31)
         for i, dtype in enumerate(profile.train_dtypes)
+        for provider in TRAIN_PROVIDERS
+    ]
+
+
+# Full training steps: kind "step-<backbone>", mode = the run's --precision, dtype = its autocast
+# dtype (float32 for fp32 and tf32). The trainable backbone part (fbank's conv encoder; HuBERT's
+# two fine-tuned blocks on cached frozen features) gets gradients, so the op does 3 passes.
+MODEL_STEP_KINDS = ("step-fbank", "step-hubert")
+MODEL_STEP_PASSES = 3
+PRECISION_DTYPE = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def model_step_cases(profile: Profile) -> list[Case]:
+    """Full training steps (backbone + LPMN head, Adam, Fisher) per backbone, precision and kernel."""
+    return [
+        Case(f"step-{backbone}", provider, precision, B, T, C, K, PRECISION_DTYPE[precision], ("step",),
+             120 + 10 * b + 2 * i + _provider_rank(provider), hash((backbone, B, T, C, K)) % 2**31)
+        for b, (backbone, B, T, C, K) in enumerate(profile.model_steps)
+        for i, precision in enumerate(profile.model_step_precisions)
         for provider in TRAIN_PROVIDERS
     ]
 

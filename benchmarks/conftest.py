@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .cases import LENGTH_DISTRIBUTION, Case, matmul_cases, op_cases, resolve_profile, train_cases
+from .cases import LENGTH_DISTRIBUTION, Case, matmul_cases, model_step_cases, op_cases, resolve_profile, train_cases
 from .report import derive, render, summary
 
 RESULTS = Path(__file__).parent / "results"
@@ -124,19 +124,19 @@ def pytest_configure(config):
 
 
 def pytest_generate_tests(metafunc):
-    if not {"op_case", "train_case", "matmul_case"} & set(metafunc.fixturenames):
+    if not {"op_case", "train_case", "matmul_case", "model_step_case"} & set(metafunc.fixturenames):
         return
     cuda = torch.cuda.is_available()
     profile = resolve_profile(metafunc.config.getoption("--bench-profile"), cuda)
     for name, cases in (("op_case", op_cases(profile)), ("train_case", train_cases(profile)),
-                        ("matmul_case", matmul_cases(profile, cuda))):
+                        ("matmul_case", matmul_cases(profile, cuda)), ("model_step_case", model_step_cases(profile))):
         if name in metafunc.fixturenames:
             metafunc.parametrize(name, cases, ids=[c.id for c in cases])
 
 
 def _priority(item) -> int:
     callspec = getattr(item, "callspec", None)
-    for name in ("matmul_case", "op_case", "train_case"):
+    for name in ("matmul_case", "op_case", "train_case", "model_step_case"):
         if callspec is not None and name in callspec.params:
             return callspec.params[name].priority
     return 1000

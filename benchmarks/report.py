@@ -218,6 +218,18 @@ def to_markdown(doc: dict) -> str:
              _ratio(r, "speedup_vs", "eager"), _ratio(r, "mem_ratio_vs", "eager", "")] for r in train])
         lines.append("")
 
+    steps = [r for r in records if r["kind"].startswith("step-") and _ok(r)]
+    if steps:
+        lines += ["## Full training step (trainable backbone part + LPMN head; --precision, kernel)", "",
+                  "fbank: conv frame encoder on cached fbank; hubert: two HuBERT blocks (all fine-tuned) on "
+                  "cached frozen-block outputs. TFLOP/s counts the op's 3 similarity passes only.", ""]
+        lines += _table(["backbone", "B×T×C×K", "precision", "provider", "median ms [q1–q3]", "TFLOP/s", "peak MB",
+                         "× vs eager"], [
+            [r["kind"].removeprefix("step-"), _shape(r), r["mode"], r["provider"], _time_cell(r),
+             _num(r.get("tflops")), _mb(r.get("peak_mem_bytes")), _ratio(r, "speedup_vs", "eager")]
+            for r in sorted(steps, key=lambda r: (r["kind"], r["mode"], r["provider"]))])
+        lines.append("")
+
     missing = [r for r in records if not _ok(r)]
     if missing:
         lines += ["## Not measured", ""]

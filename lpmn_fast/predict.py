@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hubert-path", help="HuBERT models: the pretrained HuBERT directory, if not at the path "
                                          "recorded at training")
     p.add_argument("--kernel", choices=("auto", "triton", "torch"), help="prototype-MIL backend (default: as saved)")
+    p.add_argument("--precision", choices=("auto", "fp32", "tf32", "bf16", "fp16"), default="auto",
+                   help="numeric precision: bf16/fp16 run the model under autocast (the op on 16-bit inputs), "
+                        "tf32 allows TF32 tensor-core matmuls; auto = bf16 on a GPU that supports it, else fp32 "
+                        "(default auto)")
     return p
 
 
@@ -122,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     from .inference import InputError, load  # after parsing: --help stays fast
     from .inference.inputs import expand_inputs
     from .inference.table import OutputTable
+    from .training.precision import Precision
 
     try:
         items = expand_inputs(args.audio)
@@ -140,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError, TypeError) as error:
         print(f"lpmn-predict: error: {error}", file=sys.stderr)
         return 2
+    try:
+        precision = Precision.create(args.precision, next(predictor.model.parameters()).device)
+    except ValueError as error:
+        print(f"lpmn-predict: error: {error}", file=sys.stderr)
+        return 2
     if args.explain and not predictor.explainable:
         print(f"lpmn-predict: note: {predictor.unsupported}", file=sys.stderr)
     todo = [item for item in items if table is None or item.key not in table.done]
@@ -154,23 +164,24 @@ def main(argv: list[str] | None = None) -> int:
 
     bar = tqdm(total=len(todo), unit="utt", desc="labelling", disable=not args.progress or not todo)
     try:
-        for item, outcome, wave in _predictions(todo, predictor, args):
-            bar.update()
-            if isinstance(outcome, InputError):
-                message = str(outcome) if item.file in str(outcome) else f"{item.file}: {outcome}"
-                tqdm.write(f"lpmn-predict: {message}", file=sys.stderr)
-                failed.append(item.file)
-                record = {**_where(item), "error": message}
-            else:
-                audio_seconds += outcome.duration_s
-                record = {**_where(item), **outcome.to_dict()}
-                if args.explain is not None:
-                    record.update(_write_explanation(args.explain, stems[item.key], Path(item.file), wave, outcome,
-                                                     predictor))
-                rows.append((item.file, outcome))
-            records.append(record)
-            if table is not None:
-                table.add(item, record)
+        with precision.matmul_settings(), precision.autocast():
+            for item, outcome, wave in _predictions(todo, predictor, args):
+                bar.update()
+                if isinstance(outcome, InputError):
+                    message = str(outcome) if item.file in str(outcome) else f"{item.file}: {outcome}"
+                    tqdm.write(f"lpmn-predict: {message}", file=sys.stderr)
+                    failed.append(item.file)
+                    record = {**_where(item), "error": message}
+                else:
+                    audio_seconds += outcome.duration_s
+                    record = {**_where(item), **outcome.to_dict()}
+                    if args.explain is not None:
+                        record.update(_write_explanation(args.explain, stems[item.key], Path(item.file), wave, outcome,
+                                                         predictor))
+                    rows.append((item.file, outcome))
+                records.append(record)
+                if table is not None:
+                    table.add(item, record)
     finally:
         bar.close()
         if table is not None:

@@ -105,17 +105,28 @@ def test_full_run_writes_its_outputs(tmp_path, use_corpus, head):
     assert tensor_files == (["best", "last", "probe"] if head == "lpmn" else ["best", "last"])
 
 
-def test_resume_ends_with_the_same_result(tmp_path, use_corpus):
-    full = train(_config(tmp_path / "a"))
+def _without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in history]
+
+
+# Random batches are the fbank default; the last case also reads with 2 worker processes, crops to
+# 0.5 s (the tiny corpus has 0.4-0.8 s) and accumulates 2 micro-batches of 2 per step.
+@pytest.mark.parametrize("fields", [{"bucket": True}, {},
+                                    {"bucket": True, "workers": 2, "max_seconds": 0.5, "grad_accum": 2,
+                                     "batch_size": 2}],
+                         ids=["buckets", "random-batches", "workers-crops-accumulation"])
+def test_resume_ends_with_the_same_result(tmp_path, use_corpus, fields):
+    full = train(_config(tmp_path / "a", **fields))
     # 16 training utterances / batch 4 = 4 steps per epoch; checkpoints after steps 3, 4 (epoch end)
     # and 6. Stopping abruptly after step 7 (as a kill would) leaves the mid-epoch checkpoint of
     # step 6, so the resumed run replays step 7 from there.
-    stopped = train(_config(tmp_path / "b", stop_after_steps=7))
+    stopped = train(_config(tmp_path / "b", stop_after_steps=7, **fields))
     assert stopped["interrupted"] and stopped["step"] == 7
     last = read_checkpoint_json(tmp_path / "b" / "run" / "checkpoints", "last")["run"]
     assert (last["step"], last["epoch"], last["step_in_epoch"]) == (6, 1, 2)
-    resumed = train(_config(tmp_path / "b", resume=True))
-    for key in ("test", "valid", "probe", "history", "best_epoch", "steps"):
+    resumed = train(_config(tmp_path / "b", resume=True, **fields))
+    assert _without_timing(resumed["history"]) == _without_timing(full["history"])
+    for key in ("test", "valid", "probe", "best_epoch", "steps"):
         assert resumed[key] == full[key], key
     _, a, _, _ = load_checkpoint(tmp_path / "a" / "run" / "checkpoints", "last")
     _, b, _, _ = load_checkpoint(tmp_path / "b" / "run" / "checkpoints", "last")
@@ -254,7 +265,8 @@ def test_hubert_run_from_cache_equals_run_without_cache(tmp_path, use_corpus):
     on_the_fly = train(_config(tmp_path / "b", cache_features=False, **common))
     assert list((tmp_path / "a" / "cache" / "features").glob("*/*.safetensors"))
     assert not (tmp_path / "b" / "cache").exists()
-    for key in ("test", "valid", "probe", "history"):
+    assert _without_timing(cached["history"]) == _without_timing(on_the_fly["history"])
+    for key in ("test", "valid", "probe"):
         assert cached[key] == on_the_fly[key], key
     _, state, _, _ = load_checkpoint(tmp_path / "a" / "run" / "checkpoints", "last")
     assert not any(k.startswith("backbone.frozen.") for k in state)  # reloaded from hubert_path

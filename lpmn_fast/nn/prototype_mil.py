@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,15 +79,23 @@ class PrototypeMIL(nn.Module):
         Returns ``(pooled (B, K), frame_index (B, K), nearest (B, T))``.
         """
         accumulate = self.training and self.track_fisher and torch.is_grad_enabled()
-        out = prototype_mil(
-            x,
-            self.prototypes.to(x.dtype) if self.prototypes.dtype != x.dtype else self.prototypes,
-            lengths,
-            tau=self.tau,
-            fisher=self.fisher_grad_sq if accumulate else None,
-            backend=self.kernel,
-            check_finite=self.check_finite,
-        )
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if autocast:
+            # Under autocast the op takes x and the prototypes in autocast's 16-bit dtype (its fast
+            # path) and computes in float32 itself: autocast is off inside, so that the reference's
+            # matmuls are not lowered a second time. The prototype gradient returns in float32.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        prototypes = self.prototypes.to(x.dtype) if self.prototypes.dtype != x.dtype else self.prototypes
+        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
+            out = prototype_mil(
+                x,
+                prototypes,
+                lengths,
+                tau=self.tau,
+                fisher=self.fisher_grad_sq if accumulate else None,
+                backend=self.kernel,
+                check_finite=self.check_finite,
+            )
         if accumulate:
             self.fisher_utterances += x.shape[0]
             self.fisher_frames += x.shape[0] * x.shape[1] if lengths is None else lengths.sum()

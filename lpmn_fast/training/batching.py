@@ -19,7 +19,12 @@ class Batch(NamedTuple):
     valence: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(*(None if t is None else t.to(device) for t in self))
+        """On ``device``; 16-bit features (a --cache-dtype cache) become float32, the dtype of the
+        model's master weights (autocast lowers them again where it pays)."""
+        moved = Batch(*(None if t is None else t.to(device, non_blocking=True) for t in self))
+        if moved.feats.dtype in (torch.float16, torch.bfloat16):
+            moved = moved._replace(feats=moved.feats.float())
+        return moved
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

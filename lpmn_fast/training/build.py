@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..models import SERModel, build_backbone, build_head
@@ -27,8 +29,31 @@ def build_model(c, num_classes: int, backbone: torch.nn.Module | None = None) ->
 
 
 def build_optimizer(c, model: torch.nn.Module) -> torch.optim.Adam:
-    """Adam (section 4.1) over the trainable parameters only."""
-    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=c.lr, weight_decay=c.weight_decay)
+    """Adam (section 4.1) over the trainable parameters only; with ``c.backbone_lr`` two parameter
+    groups, the trainable backbone part (fine-tuned HuBERT blocks, fbank conv encoder) first."""
+    backbone_lr = getattr(c, "backbone_lr", None)
+    if backbone_lr is None:
+        return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=c.lr,
+                                weight_decay=c.weight_decay)
+    backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.")]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+    groups = ([{"params": backbone, "lr": backbone_lr}] if backbone else []) + [{"params": rest, "lr": c.lr}]
+    return torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int = 0, schedule: str = "constant") -> float:
+    """Multiplier of the base learning rates for optimizer step ``step`` (0-based) of ``total_steps``:
+    linear warmup over ``warmup_steps``, then constant, cosine or linear decay towards 0 at the end."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown lr_schedule {schedule!r}; choose constant, cosine or linear")
 
 
 def pick_device(name: str) -> torch.device:

@@ -20,10 +20,13 @@ from ..models.heads import HEADS
 from ..ops.validation import BACKENDS
 from ..protocol.splits import SPLITS
 from .logs import LOG_KINDS
+from .precision import PRECISIONS
 
 DATASETS = ("synthetic", "iemocap", "mer2023", "manifest", "folder")
 BACKBONES = ("fbank", "hubert")
 METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
+CACHE_DTYPES = ("float32", "bfloat16", "float16")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 
 # Backbone-dependent defaults for fields left at None.
 PAPER_DEFAULTS = {"lr": 1e-4, "batch_size": 128, "epochs": 50, "num_prototypes": 1024, "tau": 1.0,
@@ -143,6 +146,34 @@ class TrainConfig:
     device: str = _f("auto", "torch device ('auto': cuda if available, else cpu)")
     threads: int | None = _f(None, "torch CPU threads; default: torch's choice (one per core); 1 avoids a large "
                                    "slowdown when other jobs share the cores")
+    # speed on a GPU: precision, data loading, accumulation, schedule (none changes the demo's results)
+    precision: str = _f("auto", f"numeric precision, one of {PRECISIONS}: fp32; tf32 (float32 with TF32 tensor-core "
+                                "matmuls, matmul precision 'high'); bf16/fp16 (autocast with float32 master "
+                                "weights; fp16 with a gradient scaler kept in checkpoints); auto = bf16 on a GPU "
+                                "that supports it, else fp32")
+    cache_dtype: str = _f("float32", f"dtype of the frozen-feature cache, one of {CACHE_DTYPES}: 16 bits halve its "
+                                     "disk and memory (features are rounded; float32 is exact)")
+    deterministic: bool | None = _f(None, "deterministic algorithms (fixed-order Fisher sums in the fused backward, "
+                                          "deterministic CPU index_put, cuBLAS restrictions); resumed runs replay "
+                                          "bit for bit only with it; default: on on CPU, off on CUDA (speed)")
+    workers: int = _f(0, "DataLoader worker processes that read cached features, or decode and resample audio "
+                         "when features are not cached (0: in the training process)")
+    bucket: bool | None = _f(None, "length-bucketed batches: utterances of similar duration batched together "
+                                   "(less padding), batch order shuffled, every utterance once per epoch, "
+                                   "deterministic by seed; default: on for hubert, off for the fbank demo (whose "
+                                   "results it keeps; bucketing would cut its padding fraction from 0.32 to 0.09)")
+    max_seconds: float | None = _f(None, "training only: random crops of at most this many seconds (validation, "
+                                         "test and prediction see full utterances); default: no crop")
+    grad_accum: int = _f(1, "micro-batches of --batch-size per optimizer step (effective batch = batch_size x "
+                            "grad_accum); exactly equivalent to one big batch up to float rounding")
+    lr_schedule: str = _f("constant", f"learning-rate schedule after warmup, one of {LR_SCHEDULES} (cosine and "
+                                      "linear decay to 0 at the last step)")
+    warmup_steps: int = _f(0, "optimizer steps of linear warmup from 0 to the learning rate")
+    max_grad_norm: float | None = _f(None, "clip the gradient's global L2 norm to this (default: no clipping)")
+    backbone_lr: float | None = _f(None, "learning rate of the trainable backbone part (fine-tuned HuBERT blocks, "
+                                         "fbank conv encoder); default: --lr")
+    patience: int | None = _f(None, "stop early after this many epochs without a better validation "
+                                    "--select-metric (default: never)")
     # run
     run_dir: str | None = _f(None, "output directory; default runs/<date-time>-<data>-<backbone>-<head> (several "
                                     "heads: runs/<date-time>-<data>-<backbone>/<head>)")
@@ -158,14 +189,27 @@ class TrainConfig:
 
 # Fields that may differ between an interrupted run and its resumption (where the run and the
 # caches lie included: a moved run folder still resumes, and cached features are exact anywhere).
-RUN_CONTROL = ("resume", "stop_after_steps", "progress", "device", "threads", "run_dir", "cache_dir")
-# The live-log backend does not change results either (and runs saved before it existed still resume).
-RUN_CONTROL = RUN_CONTROL + ("log",)
+# Worker processes change how batches are read, never what they hold; the live-log backend only
+# where the epochs are written (and runs saved before either field existed still resume).
+RUN_CONTROL = ("resume", "stop_after_steps", "progress", "device", "threads", "run_dir", "cache_dir",
+               "workers", "log")
+
+
+# What a run saved before these fields existed did, as the values that reproduce it: such a run
+# resumes (or is read back) only with these, never silently with another batching or precision.
+BEFORE_FIELD = {"precision": ("fp32",), "cache_dtype": ("float32",), "deterministic": (None, True),
+                "bucket": (False,), "max_seconds": (None,), "grad_accum": (1,), "lr_schedule": ("constant",),
+                "warmup_steps": (0,), "max_grad_norm": (None,), "backbone_lr": (None,), "patience": (None,)}
 
 
 def changed_fields(saved: dict, current: dict) -> list[str]:
     """Fields of the ``current`` config dict that differ from a ``saved`` one of the same run (RUN_CONTROL aside)."""
-    return [k for k in current if k not in RUN_CONTROL and saved.get(k) != current[k]]
+    def differs(k):
+        if k not in saved and k in BEFORE_FIELD:
+            return current[k] not in BEFORE_FIELD[k]
+        return saved.get(k) != current[k]
+
+    return [k for k in current if k not in RUN_CONTROL and differs(k)]
 
 
 def default_run_root(data: str, backbone: str) -> Path:
@@ -187,6 +231,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
         c.split = DATASET_SPLITS.get(c.data, "loso-speaker") if columns is None else own_split(columns)
     if c.valence_weight is None:
         c.valence_weight = 1.0 if c.data in VALENCE_DATASETS or "valence" in (columns or ()) else 0.0
+    if c.bucket is None:
+        c.bucket = c.backbone == "hubert"
     if c.resume and c.run_dir is None:
         raise ValueError("resume needs run_dir (--run-dir): the directory of the run to continue")
     if c.run_dir is None:
@@ -239,6 +285,7 @@ def _check(c: TrainConfig) -> None:
     need(c.threads is None or c.threads >= 1, f"threads must be >= 1, got {c.threads}")
     need(c.stop_after_steps is None or c.stop_after_steps >= 1, "stop_after_steps must be >= 1")
     need(c.log in LOG_KINDS, f"unknown log {c.log!r}; choose one of {LOG_KINDS}")
+    _check_fast_path(c, need)
 
 
 def own_columns(c: TrainConfig) -> tuple[str, ...] | None:
@@ -286,6 +333,19 @@ def _check_own(c: TrainConfig, need) -> None:
     need(c.split != "speaker-kfold" or (c.folds >= 2 and 1 <= c.test_session <= c.folds),
          f"speaker-kfold needs folds >= 2 and test_session (the fold) in [1, folds]; got folds {c.folds}, "
          f"test_session {c.test_session}")
+
+
+def _check_fast_path(c: TrainConfig, need) -> None:
+    need(c.precision in PRECISIONS, f"unknown precision {c.precision!r}; choose one of {PRECISIONS}")
+    need(c.cache_dtype in CACHE_DTYPES, f"unknown cache_dtype {c.cache_dtype!r}; choose one of {CACHE_DTYPES}")
+    need(c.lr_schedule in LR_SCHEDULES, f"unknown lr_schedule {c.lr_schedule!r}; choose one of {LR_SCHEDULES}")
+    need(c.workers >= 0, f"workers must be >= 0, got {c.workers}")
+    need(c.grad_accum >= 1, f"grad_accum must be >= 1, got {c.grad_accum}")
+    need(c.warmup_steps >= 0, f"warmup_steps must be >= 0, got {c.warmup_steps}")
+    need(c.max_seconds is None or c.max_seconds > 0, f"max_seconds must be > 0, got {c.max_seconds}")
+    need(c.max_grad_norm is None or c.max_grad_norm > 0, f"max_grad_norm must be > 0, got {c.max_grad_norm}")
+    need(c.backbone_lr is None or c.backbone_lr > 0, f"backbone_lr must be > 0, got {c.backbone_lr}")
+    need(c.patience is None or c.patience >= 1, f"patience must be >= 1 epoch, got {c.patience}")
 
 
 def config_dict(config: TrainConfig) -> dict:

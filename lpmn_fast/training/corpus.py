@@ -114,7 +114,8 @@ def labelled_set(backbone, utterances: Sequence[Utterance], classes: Sequence[st
     """The frozen features (cached or on the fly, as ``c`` says), label ids and, when every
     utterance has one, valence of ``utterances``."""
     if c.cache_features:
-        features = cache_features(backbone, utterances, c.cache_dir, progress=c.progress, desc=desc)
+        features = cache_features(backbone, utterances, c.cache_dir, progress=c.progress, desc=desc,
+                                  dtype=getattr(torch, getattr(c, "cache_dtype", "float32")))
     else:
         features = OnTheFlyFeatures(backbone, utterances)
     labels = torch.tensor([list(classes).index(u.label) for u in utterances], dtype=torch.int64)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ..data.atomic import atomic_path
 from ..data.audio import read_utterance
 from ..data.corpus import Utterance
+from ..models.backbones import FRAME_LENGTH_MS, FRAME_SHIFT_MS, SAMPLE_RATE
 
 
 def backbone_fingerprint(backbone: torch.nn.Module) -> str:
@@ -47,26 +48,45 @@ def _load_if_fresh(file: Path, stamp: dict[str, str]) -> torch.Tensor | None:
 
 
 def cache_features(backbone: torch.nn.Module, utterances: Sequence[Utterance], cache_dir: str | Path,
-                   *, progress: bool = True, desc: str = "caching features") -> list[torch.Tensor]:
-    """(T_i, F) frozen features of every utterance, read from or written to the disk cache."""
-    folder = Path(cache_dir).expanduser() / "features" / backbone_fingerprint(backbone)
+                   *, progress: bool = True, desc: str = "caching features",
+                   dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """(T_i, F) frozen features of every utterance, read from or written to the disk cache.
+
+    ``dtype``: how they are stored and kept in memory; 16-bit caches live beside the float32
+    one (folder suffix ``-bfloat16`` / ``-float16``), rounded from the float32 features.
+    """
+    folder = Path(cache_dir).expanduser() / "features" / (backbone_fingerprint(backbone) + _dtype_suffix(dtype))
     threads = torch.get_num_threads()
     torch.set_num_threads(getattr(backbone, "prepare_threads", None) or threads)
     try:
-        return [_cached(backbone, utt, folder)
+        return [_cached(backbone, utt, folder, dtype)
                 for utt in tqdm(utterances, desc=desc, unit="utt", disable=not progress)]
     finally:
         torch.set_num_threads(threads)
 
 
-def _cached(backbone: torch.nn.Module, utt: Utterance, folder: Path) -> torch.Tensor:
+def _dtype_suffix(dtype: torch.dtype) -> str:
+    return "" if dtype == torch.float32 else "-" + str(dtype).removeprefix("torch.")
+
+
+def feature_bytes(features) -> int:
+    """Bytes the features take in memory (= the tensor payload of their cache files); 0 when computed on the fly."""
+    if isinstance(features, OnTheFlyFeatures):
+        return 0
+    return sum(f.numel() * f.element_size() for f in features)
+
+
+def _cached(backbone: torch.nn.Module, utt: Utterance, folder: Path, dtype: torch.dtype = torch.float32
+            ) -> torch.Tensor:
     stamp = _source_stamp(Path(utt.path))
     if utt.start is not None or utt.end is not None:  # a segment of a longer file: its span is part of the source
         stamp["span"] = f"{utt.start}-{utt.end}"
     file = folder / f"{utt.utt_id}-{hashlib.sha1(stamp['source'].encode()).hexdigest()[:10]}.safetensors"
     feats = _load_if_fresh(file, stamp)
+    if feats is not None and feats.dtype != dtype:
+        feats = None  # written by something else: recompute
     if feats is None:
-        feats = backbone.prepare(read_utterance(utt)).contiguous()
+        feats = backbone.prepare(read_utterance(utt)).to(dtype).contiguous()
         with atomic_path(file) as tmp:
             save_file({"feats": feats}, str(tmp), metadata=stamp)
     return feats
@@ -84,3 +104,42 @@ class OnTheFlyFeatures:
 
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.backbone.prepare(read_utterance(self.utterances[i]))
+
+    @property
+    def prepare_on_gpu(self) -> bool:
+        """Whether the frozen part's weights are on a GPU: DataLoader workers (forked processes,
+        which cannot use CUDA) then only decode and resample, and the training process prepares."""
+        return any(p.device.type != "cpu" for p in self.backbone.parameters())
+
+    def waveform(self, i: int) -> torch.Tensor:
+        """Utterance ``i`` decoded, mono, at 16 kHz (the part a worker does when :attr:`prepare_on_gpu`)."""
+        return read_utterance(self.utterances[i])
+
+    def from_waveform(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.backbone.prepare(wave)
+
+    def frame_estimates(self) -> list[int]:
+        """Frames per utterance from the audio headers, without decoding anything (for length
+        bucketing): exact for 16 kHz files, whose sample count is known; others are resampled
+        first, and their count estimated (ceil(n * 16000 / rate), as the resampler makes it)."""
+        import soundfile
+
+        counts = []
+        for u in self.utterances:
+            info = soundfile.info(str(u.path))
+            frames = info.frames
+            if u.start is not None or u.end is not None:  # a span counts its own samples, cut as read_wav cuts
+                last = frames if u.end is None else min(frames, round(u.end * info.samplerate))
+                frames = max(0, last - round((u.start or 0.0) * info.samplerate))
+            samples = -(-frames * SAMPLE_RATE // info.samplerate)
+            counts.append(max(1, _frame_count(self.backbone, samples)))
+        return counts
+
+
+def _frame_count(backbone: torch.nn.Module, samples: int) -> int:
+    """Frames ``backbone.prepare`` makes of ``samples`` at 16 kHz: the backbone's own count if it
+    has one (HuBERT's CNN), else a 25 ms window at a 20 ms shift (Kaldi fbank, edges snipped)."""
+    if hasattr(backbone, "frame_count"):
+        return int(backbone.frame_count(samples))
+    window, shift = (int(SAMPLE_RATE * ms / 1000) for ms in (FRAME_LENGTH_MS, FRAME_SHIFT_MS))
+    return 1 + (samples - window) // shift if samples >= window else 0

@@ -4,6 +4,7 @@ evaluation, codebook initialisation and dead-prototype restarts."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import NamedTuple
 
 import torch
@@ -54,7 +55,9 @@ def lpmn_layer(model: torch.nn.Module) -> PrototypeMIL | None:
 
 
 def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
-               fisher_sync: Callable[[PrototypeMIL], None] | None = None) -> StepResult:
+               fisher_sync: Callable[[PrototypeMIL], None] | None = None, *, grad_accum: int = 1,
+               autocast: Callable[[], AbstractContextManager] = nullcontext,
+               scaler: torch.amp.GradScaler | None = None, max_grad_norm: float | None = None) -> StepResult:
     """One Adam step on cross-entropy + the head's auxiliary loss (eq. 1 for LPMN) + weighted
     valence MSE when the head regresses valence (MER2023).
 
@@ -62,24 +65,127 @@ def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Opti
     accumulators) runs before the Fisher EMA update of eq. (4). With a valence regressor the
     prototypes' gradient, hence the Fisher importance, is that of the joint objective: the
     log-likelihood of the label and (Gaussian) of the valence.
+
+    grad_accum: ``batch`` is cut into this many consecutive micro-batches, each forward/backward
+    on its own, gradients accumulated: the per-utterance terms are weighted by n_i / N and the
+    quantization loss (a mean over frames) by F_i / F, so the step is the one-batch step up to
+    float rounding; so are the Fisher estimate (its accumulator counts the utterances of every
+    micro-batch) and the idle record of the dead-prototype restarts. ``autocast``: the context
+    of forward passes (``Precision.autocast``); ``scaler``: fp16's GradScaler (the Fisher terms
+    are unscaled; a step it skips for overflow does not enter the Fisher EMA either);
+    ``max_grad_norm``: clip the global gradient norm.
     """
     model.train()
-    out = model(batch.feats, batch.lengths)
-    ce = F.cross_entropy(out.logits, batch.labels)
-    loss = ce + out.aux_loss
-    mse = valence_loss(model, out, batch)
-    if mse is not None:
-        loss = loss + unwrap(model).head.valence.loss_weight * mse
+    micro = _micro_batches(batch, grad_accum)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if len(micro) == 1:
+        with autocast():
+            out = model(batch.feats, batch.lengths)
+            ce = F.cross_entropy(out.logits.float(), batch.labels)
+            loss = ce + out.aux_loss
+            mse = valence_loss(model, out, batch)
+            if mse is not None:
+                loss = loss + unwrap(model).head.valence.loss_weight * mse
+        _backward(loss, scaler)
+        frames, lengths = out.frames.detach(), batch.lengths
+        loss_value, ce_value, mse_value = loss.item(), ce.item(), None if mse is None else mse.item()
+    else:
+        loss_value, ce_value, mse_value, frames, lengths = _accumulate(model, batch, micro, autocast, scaler)
+    _optimizer_step(model, optimizer, fisher_sync, scaler, max_grad_norm)
+    return StepResult(loss_value, ce_value, frames, lengths, mse_value)
+
+
+def _micro_batches(batch: Batch, parts: int) -> list[Batch]:
+    """``parts`` consecutive row slices of ``batch`` (sizes differ by at most one; none empty),
+    each trimmed to its longest utterance."""
+    if parts < 1:
+        raise ValueError(f"grad_accum must be >= 1, got {parts}")
+    if parts == 1:
+        return [batch]
+    out = []
+    for rows in torch.arange(len(batch.lengths)).tensor_split(min(parts, len(batch.lengths))):
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        part = batch._replace(**{k: v[lo:hi] for k, v in batch._asdict().items() if v is not None})
+        out.append(part._replace(feats=part.feats[:, :int(part.lengths.max())]))
+    return out
+
+
+def padded_frames(batch: Batch, grad_accum: int = 1) -> tuple[int, int]:
+    """(valid frames, padding frames) of ``batch`` as the model sees it: in ``grad_accum``
+    micro-batches, each padded to its own longest utterance."""
+    valid = padded = 0
+    for part in _micro_batches(batch, grad_accum):
+        n, longest = len(part.lengths), int(part.lengths.max())
+        valid += int(part.lengths.sum())
+        padded += n * longest - int(part.lengths.sum())
+    return valid, padded
+
+
+def _backward(loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
+    (loss if scaler is None else scaler.scale(loss)).backward()
+
+
+def _accumulate(model, batch: Batch, micro: list[Batch], autocast, scaler):
+    """Forward/backward of every micro-batch of ``batch``; returns the whole batch's loss, CE,
+    valence MSE (weighted means), its valid frames as one (1, F, C) row and their count (1,)."""
+    head = unwrap(model).head
+    idle = getattr(head, "idle_steps", None)
+    idle_before = None if idle is None else idle.clone()
+    used = None if idle is None else torch.zeros_like(idle, dtype=torch.bool)
+    N, total_frames = len(batch.lengths), int(batch.lengths.sum())
+    loss_value = ce_value = mse_value = 0.0
+    has_mse = False
+    kept = []
+    for part in micro:
+        share, frame_share = len(part.lengths) / N, int(part.lengths.sum()) / total_frames
+        with autocast():
+            out = model(part.feats, part.lengths)
+            ce = F.cross_entropy(out.logits.float(), part.labels)
+            per_utterance = ce
+            mse = valence_loss(model, out, part)
+            if mse is not None:
+                per_utterance = per_utterance + head.valence.loss_weight * mse
+            # eq. (1) is a mean over the batch's frames, the other terms means over its utterances
+            loss = share * per_utterance + frame_share * out.aux_loss
+        _backward(loss, scaler)
+        if used is not None:
+            used |= idle == 0  # idle was >= 0 before this forward: 0 now means used by this micro-batch
+        loss_value += loss.item()
+        ce_value += share * ce.item()
+        if mse is not None:
+            has_mse = True
+            mse_value += share * mse.item()
+        kept.append(masked_frames(out.frames.detach(), part.lengths))
+    if idle is not None:  # one step of the idle record for the whole batch, as one forward would count it
+        idle.copy_(torch.where(used, 0, idle_before + 1))
+    frames = torch.cat(kept)
+    return (loss_value, ce_value, mse_value if has_mse else None, frames[None],
+            torch.tensor([frames.shape[0]], device=frames.device))
+
+
+def _optimizer_step(model, optimizer, fisher_sync, scaler, max_grad_norm) -> None:
     mil = lpmn_layer(model)
     if mil is not None:
         if fisher_sync is not None:
             fisher_sync(mil)
-        mil.update_fisher()  # eq. (4): squared prototype gradients of this step into the EMA
-    optimizer.step()
-    return StepResult(loss.item(), ce.item(), out.frames.detach(), batch.lengths,
-                      None if mse is None else mse.item())
+        if scaler is None:
+            mil.update_fisher()  # eq. (4): squared prototype gradients of this step into the EMA
+        elif bool(torch.isfinite(mil.fisher_grad_sq).all()):
+            # the accumulator holds squared gradients of scale x loss
+            mil.update_fisher(loss_scale=scaler.get_scale() / float(mil.fisher_utterances))
+        else:  # an overflowing step, which the scaler skips: no Fisher estimate from it either
+            for buffer in (mil.fisher_grad_sq, mil.fisher_utterances, mil.fisher_frames):
+                buffer.zero_()
+    if max_grad_norm is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
 
 
 @torch.no_grad()
