@@ -167,7 +167,7 @@ def test_metrics_and_card_record_provenance_and_the_runs_metrics(tmp_path, use_c
     assert prov["lpmn_fast"] and prov["python"] == ".".join(map(str, sys.version_info[:3]))
     assert prov["libraries"]["torch"] == metadata.version("torch")
     assert prov["libraries"]["transformers"] == metadata.version("transformers")
-    assert prov["device"] == "cpu" and prov["device_name"] and prov["precision"] == "float32"
+    assert prov["device"] == "cpu" and prov["device_name"] and prov["precision"] == "fp32"  # auto on a CPU
     assert prov["kernel"] == {"asked": "auto", "used": "torch"} and prov["wall_seconds"] >= 0
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
     if head.returncode == 0:  # tests run from a checkout (CI's clone is one)

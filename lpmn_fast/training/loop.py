@@ -256,17 +256,16 @@ def _train(c: TrainConfig) -> dict:
         results["probe"] = probe_results
         head_state = {f"head.{k}": v for k, v in probe.head.state_dict().items()}
         save_checkpoint(ckpt_dir, "probe", head_state, None, {"config": cfg, "top_k": c.top_k}, run["step"])
-        probe.save_pretrained(run_dir / "model-probe", classes, {"name": probe_results["name"], "top_k": c.top_k,
-                                                                 "train_config": cfg,  # for lpmn-predict
-                                                                 "evaluation": run_evaluation(results, probe_results),
-                                                                 "provenance": _provenance(c, device, started)})
+        probe.save_pretrained(run_dir / "model-probe", classes, {
+            "name": probe_results["name"], "top_k": c.top_k, "train_config": cfg,  # for lpmn-predict
+            "evaluation": run_evaluation(results, probe_results), "provenance": _provenance(c, device, started, precision)})
         matrices[probe_results["name"]] = probe_results["test"]["confusion_matrix"]
 
     # ---- outputs ----------------------------------------------------------------------------
     results["history"] = run["history"]
     results["config"] = cfg
     results["seconds"] = round(time.perf_counter() - started, 1)
-    results["provenance"] = _provenance(c, device, started)
+    results["provenance"] = _provenance(c, device, started, precision)
     logs.close()
     model.save_pretrained(run_dir / "model", classes, {"name": results["name"], "top_k": c.top_k, "train_config": cfg,
                                                        "evaluation": run_evaluation(results),
@@ -277,12 +276,12 @@ def _train(c: TrainConfig) -> dict:
     return results
 
 
-def _provenance(c: TrainConfig, device: torch.device, started: float) -> dict:
+def _provenance(c: TrainConfig, device: torch.device, started: float, precision: Precision) -> dict:
     """lpmn_fast.provenance of this run: code, libraries, device, precision, kernel, wall time so far."""
     from ..ops.prototype_mil import resolve_backend
 
     kernel = {"asked": c.kernel, "used": resolve_backend(c.kernel, device)} if c.head == "lpmn" else None
-    return provenance(device=device, precision=getattr(c, "precision", None) or "float32", kernel=kernel,
+    return provenance(device=device, precision=precision.name, kernel=kernel,
                       seconds=time.perf_counter() - started)
 
 
