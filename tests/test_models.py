@@ -77,9 +77,9 @@ def test_hubert_bad_configs(hubert_dir, tmp_path):
     missing = tmp_path / "no-such-hubert"
     with pytest.raises(FileNotFoundError, match="no-such-hubert"):
         HubertBackbone(str(missing))
-    with pytest.raises(ValueError, match=r"hubert_layers must be in \[1, 4\]"):
+    with pytest.raises(ValueError, match=r"--hubert-layers\) must be in \[1, 4\]"):
         HubertBackbone(str(hubert_dir), num_layers=5, finetune_layers=())
-    with pytest.raises(ValueError, match="hubert_finetune_layers"):
+    with pytest.raises(ValueError, match="--hubert-finetune-layers"):
         HubertBackbone(str(hubert_dir), num_layers=2, finetune_layers=(3,))
 
 
