@@ -225,7 +225,8 @@ class SpeechEncoderBackbone(nn.Module):
         else:
             from transformers.masking_utils import create_bidirectional_mask
 
-            mask = create_bidirectional_mask(config=self.config, inputs_embeds=h, attention_mask=valid)
+            # Positional: the embeddings keyword was renamed (input_embeds -> inputs_embeds) within transformers 5.
+            mask = create_bidirectional_mask(self.config, h, valid)
         outputs, bias = [], self._position_bias(batch, length)
         for layer in self.top:
             h, bias = self._block(layer, h, mask, bias)
