@@ -21,6 +21,7 @@ import yaml
 from tqdm import tqdm
 
 from ..data.atomic import write_text_atomic
+from ..models.pretrained import bundle_backbone
 from .batching import epoch_order, iterate_batches, num_batches
 from .build import build_model, build_optimizer, pick_device
 from .checkpoint import load_checkpoint, load_model_state, read_checkpoint_json, restore_rng, save_checkpoint
@@ -184,6 +185,8 @@ def _train(c: TrainConfig) -> dict:
         save_checkpoint(ckpt_dir, "probe", head_state, None, {"config": cfg, "top_k": c.top_k}, run["step"])
         probe.save_pretrained(run_dir / "model-probe", classes, {"name": probe_results["name"], "top_k": c.top_k,
                                                                  "train_config": cfg})  # for lpmn-predict
+        if c.bundle_backbone:  # the pretrained encoder inside the folder: it loads anywhere
+            bundle_backbone(probe.backbone, run_dir / "model-probe")
         matrices[probe_results["name"]] = probe_results["test"]["confusion_matrix"]
 
     # ---- outputs ----------------------------------------------------------------------------
@@ -191,6 +194,8 @@ def _train(c: TrainConfig) -> dict:
     results["config"] = cfg
     results["seconds"] = round(time.perf_counter() - started, 1)
     model.save_pretrained(run_dir / "model", classes, {"name": results["name"], "top_k": c.top_k, "train_config": cfg})
+    if c.bundle_backbone:  # the probe shares this backbone: hard links to its copy where it has one
+        bundle_backbone(model.backbone, run_dir / "model", copy_from=run_dir / "model-probe")
     _dump(run_dir / "metrics.json", results)
     plot_confusion(matrices, classes, run_dir / "confusion.png")
     plot_curves(run["history"], c.select_metric, run_dir / "curves.png")
