@@ -13,10 +13,12 @@ cd "$(dirname "$0")/.."
 venv="${LPMN_VENV:-.venv}"
 extras=""
 pins="torch==2.13.0"
-# The oldest versions lpmn_fast is tested with, = the floors in pyproject.toml: triton and
-# transformers are those of the GPU image the project is measured on (torch 2.11 there, whose
-# Linux wheel on PyPI is a multi-GB CUDA build: the floor environment keeps torch 2.13.0).
-FLOOR_PINS="torch==2.13.0 triton==3.6.0 transformers==5.0.0 torchaudio==2.11.0"
+# The oldest versions lpmn_fast is tested with, = the floors in pyproject.toml. triton 3.6.0 and
+# torchaudio 2.11 are the GPU image's (its torch 2.11 is a multi-GB CUDA wheel on PyPI: torch stays
+# 2.13.0); transformers 5.0.0 is the oldest that passes (4.57.6 lacks create_bidirectional_mask),
+# and scripts/ci_floor.sh reruns the encoder tests with the GPU image's transformers 5.17.0.
+# numpy: triton 3.6's CPU interpreter fails on numpy 2.4 (a 1-element array to int now raises); 2.3.5 works.
+FLOOR_PINS="torch==2.13.0 triton==3.6.0 transformers==5.0.0 torchaudio==2.11.0 numpy==2.3.5"
 case "${1:-}" in
   "") ;;
   dev) extras="[dev]" ;;
