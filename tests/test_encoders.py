@@ -148,3 +148,17 @@ def test_bad_encoders_are_named(tmp_path):
     backbone = SpeechEncoderBackbone(str(wavlm), num_layers=2)
     with pytest.raises(ValueError, match="long enough for one WavLM frame"):
         backbone.prepare(torch.randn(100))
+
+
+def test_waveform_normalisation_follows_the_checkpoint_feature_extractor(tmp_path):
+    """preprocessor_config.json's do_normalize decides; without one, the large (layer-norm) models normalise."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    large = save_tiny_encoder(tmp_path / "large", "wav2vec2", stable_layer_norm=True)
+    base = save_tiny_encoder(tmp_path / "base", "wav2vec2")
+    assert SpeechEncoderBackbone(str(large), num_layers=1).normalize_wave
+    assert not SpeechEncoderBackbone(str(base), num_layers=1).normalize_wave
+    Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(large)
+    Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(base)
+    assert not SpeechEncoderBackbone(str(large), num_layers=1).normalize_wave
+    assert SpeechEncoderBackbone(str(base), num_layers=1).normalize_wave
