@@ -5,10 +5,11 @@ Frame features (what each chunk sees):
 * fbank backbone: the Kaldi fbank and its per-utterance normalisation run on the whole waveform
   (cheap, (T, 40)); the conv encoder runs per chunk with ``receptive_context`` real frames on
   each side, so every kept frame sees exactly the inputs of a one-pass run: exact.
-* pretrained speech encoders (HuBERT, wav2vec 2.0, WavLM, data2vec-audio): each chunk's waveform, widened by ``context_s`` of audio on each side, goes
-  through the frozen bottom and the trained blocks, and only the chunk's own frames are kept.
-  Self-attention then sees the window, not the whole file: an approximation for files longer
-  than one chunk (files that fit one chunk are computed exactly as in training).
+* pretrained speech encoders (HuBERT, wav2vec 2.0, WavLM, data2vec-audio): each chunk's
+  waveform, widened by ``context_s`` of audio on each side, goes through the frozen bottom and
+  the trained blocks, and only the chunk's own frames are kept. Self-attention then sees the
+  window, not the whole file: an approximation for files longer than one chunk (files that fit
+  one chunk are computed exactly as in training).
 
 Heads (how chunks combine): LPMN's pooled mapping and MP are maxima over frames, so the max over
 chunks of the per-chunk maxima is exact (``frame_index`` comes from the chunk that attains it,

@@ -166,8 +166,9 @@ def from_pretrained(directory: str | os.PathLike, *, device: str | torch.device 
     """The SERModel saved in ``directory``, in eval mode on ``device``.
 
     hubert_path: where the pretrained encoder of a ``hubert``/``hf`` model lies, if neither bundled
-    nor (any more) where its config records it. kernel: override the prototype-MIL backend ("auto", "triton",
-    "torch"). The model gets ``classes`` (list of names) and ``pretrained_config`` (the config dict).
+    nor (any more) where its config records it. kernel: override the prototype-MIL backend
+    ("auto", "triton", "torch"). The model gets ``classes`` (list of names) and
+    ``pretrained_config`` (the config dict).
     """
     config = read_config(directory)
     weights = Path(directory) / WEIGHTS_NAME
