@@ -124,3 +124,33 @@ def test_an_unbundled_model_names_its_missing_encoder(trained, tmp_path):
         assert reloaded.backbone.family == CASES[name][0]
     finally:
         hidden.rename(encoder)
+
+
+def test_a_hub_id_is_recorded_with_its_revision_and_reloads(tmp_path):
+    """An encoder given as a Hub id is recorded as that id plus the commit it resolved to (not a cache
+    path), and reloads from it. Offline: the id is served from a Hub cache laid out as
+    huggingface_hub writes it; a fresh interpreter, since the hub settings are read at import."""
+    import subprocess
+    import sys
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--lpmn-test--tiny-wavlm"
+    save_tiny_encoder(repo / "snapshots" / commit, "wavlm", True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    probe = (
+        "import json, sys\n"
+        "from lpmn_fast.models import SERModel, build_backbone, build_head\n"
+        "backbone = build_backbone('hf', source='lpmn-test/tiny-wavlm', num_layers=2, finetune_layers=[2])\n"
+        "model = SERModel(backbone, build_head('ap', backbone.out_dim, 4)).eval()\n"
+        "model.save_pretrained(sys.argv[1])\n"
+        "record = json.load(open(sys.argv[1] + '/config.json'))['backbone']\n"
+        "print(record['source'], record['revision'], record['path'])\n"
+        "again = SERModel.from_pretrained(sys.argv[1])\n"
+        "print(again.backbone.revision, again.backbone.family)\n"
+    )
+    env = {**__import__("os").environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "saved")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["lpmn-test/tiny-wavlm", commit, "None", commit, "wavlm"]

@@ -71,6 +71,15 @@ def load_encoder(source: str, revision: str | None = None):
     return model
 
 
+def resolved_revision(repo_id: str, revision: str | None = None) -> str | None:
+    """The commit a Hub id (at ``revision``, default the main branch) resolved to, read from the local
+    Hub cache that from_pretrained has just filled (snapshots/<commit>/config.json)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    return Path(found).parent.name if isinstance(found, str) else revision
+
+
 def wants_wave_normalisation(source: str, config, revision: str | None = None) -> bool:
     """The checkpoint's feature extractor ``do_normalize`` where it has one (preprocessor_config.json),
     else fairseq's rule: the layer-norm (large) models normalise the waveform, the others do not."""
@@ -114,7 +123,7 @@ class SpeechEncoderBackbone(nn.Module):
             raise ValueError(f"fine-tuned blocks (--hf-finetune-layers / --hubert-finetune-layers) must lie in "
                              f"[1, kept blocks = {num_layers}], got {tuned}")
         self.source = str(source)
-        self.revision = getattr(model.config, "_commit_hash", None) or revision
+        self.revision = None if is_local(source) else resolved_revision(str(source), revision)
         self.family = model.config.model_type
         self.config = model.config
         self.config.num_hidden_layers = num_layers
