@@ -94,10 +94,13 @@ def test_chunks_line_up_with_the_whole_utterance(trained, corpus):
     torch.testing.assert_close(one.logits, model(feats, torch.tensor([T])).logits[0])
 
 
+BUNDLED = [name for name, (_, _, extra) in CASES.items() if extra.get("bundle_backbone")]
+UNBUNDLED = [name for name in CASES if name not in BUNDLED]
+
+
+@pytest.mark.parametrize("trained", BUNDLED, indirect=True)
 def test_a_bundled_model_loads_without_its_encoder(trained, corpus, tmp_path):
     name, encoder, run_dir, _ = trained
-    if not CASES[name][2].get("bundle_backbone"):
-        pytest.skip(f"{name} is trained without --bundle-backbone (the wavlm case bundles)")
     for folder in ("model", "model-probe"):
         assert (run_dir / folder / "backbone" / "config.json").is_file()
     wave = torch.from_numpy(soundfile.read(corpus.utterances[1].path, dtype="float32")[0])
@@ -112,10 +115,9 @@ def test_a_bundled_model_loads_without_its_encoder(trained, corpus, tmp_path):
     assert after == pytest.approx(before, abs=1e-6)
 
 
+@pytest.mark.parametrize("trained", UNBUNDLED, indirect=True)
 def test_an_unbundled_model_names_its_missing_encoder(trained, tmp_path):
     name, encoder, run_dir, _ = trained
-    if CASES[name][2].get("bundle_backbone"):
-        pytest.skip(f"{name} is bundled: it does not need its encoder")
     hidden = encoder.rename(encoder.parent / "gone")
     try:
         with pytest.raises(FileNotFoundError, match=r"recorded as .*encoder'.*--bundle-backbone"):
