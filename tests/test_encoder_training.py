@@ -156,3 +156,14 @@ def test_a_hub_id_is_recorded_with_its_revision_and_reloads(tmp_path):
                           env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["lpmn-test/tiny-wavlm", commit, "None", commit, "wavlm"]
+
+
+def test_runs_saved_before_the_encoder_fields_still_resume():
+    """A config saved before hf_model, layer_weights, ... existed lacks them: they count as their defaults."""
+    from lpmn_fast.training.config import changed_fields, config_dict, resolve
+
+    current = config_dict(resolve(make_config(run_dir="run")))
+    old = {k: v for k, v in current.items()
+           if k not in ("hf_model", "hf_layers", "hf_finetune_layers", "layer_weights", "bundle_backbone")}
+    assert changed_fields(old, current) == []
+    assert changed_fields(old, {**current, "layer_weights": True}) == ["layer_weights"]

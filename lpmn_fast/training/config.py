@@ -156,8 +156,10 @@ RUN_CONTROL = ("resume", "stop_after_steps", "progress", "device", "threads", "r
 
 
 def changed_fields(saved: dict, current: dict) -> list[str]:
-    """Fields of the ``current`` config dict that differ from a ``saved`` one of the same run (RUN_CONTROL aside)."""
-    return [k for k in current if k not in RUN_CONTROL and saved.get(k) != current[k]]
+    """Fields of the ``current`` config dict that differ from a ``saved`` one of the same run (RUN_CONTROL aside).
+    A field the saved config lacks (one added to lpmn_fast since) counts as its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    return [k for k in current if k not in RUN_CONTROL and saved.get(k, defaults.get(k)) != current[k]]
 
 
 def default_run_root(data: str, backbone: str) -> Path:
