@@ -78,3 +78,24 @@ def test_demo_runs():
     result = subprocess.run([sys.executable, "-m", "lpmn_fast.demo", "--kernel", "torch"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "most important prototypes" in result.stdout
+
+
+def test_import_lpmn_fast_loads_no_heavy_optional_module():
+    """``import lpmn_fast`` (and the model, training and prediction modules) leave triton,
+    transformers, matplotlib and scikit-learn unimported until a call needs them; the fused op imports
+    triton on its first use."""
+    probe = (
+        "import sys\n"
+        "heavy = ('triton', 'transformers', 'matplotlib', 'sklearn')\n"
+        "loaded = lambda: sorted({m.split('.')[0] for m in sys.modules} & set(heavy))\n"
+        "import lpmn_fast\n"
+        "print(','.join(loaded()) or '-')\n"
+        "import lpmn_fast.models, lpmn_fast.nn, lpmn_fast.ops\n"
+        "print(','.join(m for m in loaded() if m in ('triton', 'transformers')) or '-')\n"
+        "dispatch = sys.modules['lpmn_fast.ops.prototype_mil']  # the module; the package exports the function\n"
+        "dispatch._triton_op()\n"
+        "print(','.join(m for m in loaded() if m == 'triton') or '-')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["-", "-", "triton"]

@@ -16,70 +16,17 @@ def hubert_dir(request, tmp_path_factory):
     return save_tiny_hubert(tmp_path_factory.mktemp("hubert"), stable_layer_norm=request.param)
 
 
-def _reference_forward(path, num_layers, wave):
-    """What transformers itself computes with the first num_layers blocks, in eval mode."""
-    from transformers import HubertModel
-
-    model = HubertModel.from_pretrained(path).eval()
-    model.encoder.layers = model.encoder.layers[:num_layers]
-    x = wave[None]
-    if model.config.feat_extract_norm == "layer":  # the waveform normalisation of the large models
-        x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
-    with torch.no_grad():
-        return model(x).last_hidden_state[0]
-
-
-def test_hubert_truncated_and_partly_frozen(hubert_dir):
-    backbone = HubertBackbone(str(hubert_dir), num_layers=3, finetune_layers=(2, 3))
-    assert len(backbone.frozen["layers"]) + len(backbone.top) == 3
-    trainable = {n for n, p in backbone.named_parameters() if p.requires_grad}
-    tuned_blocks = {n.split(".")[1] for n in trainable}
-    assert tuned_blocks == {"0", "1"}  # top[0], top[1] are blocks 2 and 3
-    assert all(n.startswith("top.") for n in trainable)
-    block_params = {n for n, _ in backbone.top.named_parameters()}
-    assert trainable == {f"top.{n}" for n in block_params}
-
-    feats = backbone.prepare(torch.randn(8000))
-    assert not feats.requires_grad
-    backbone.train()
-    out = backbone(feats[None], torch.tensor([feats.shape[0]]))
-    out.pow(2).mean().backward()
-    for name, p in backbone.named_parameters():
-        if p.requires_grad:
-            assert p.grad is not None and p.grad.abs().sum() > 0, name
-        else:
-            assert p.grad is None, name
-    assert not backbone.frozen.training  # train() keeps the cached part in eval mode
-
-
-def test_hubert_cached_part_plus_trainable_part_equals_full_forward(hubert_dir):
-    wave = torch.randn(9600)
-    for finetune in [(3,), (2, 3), (1,), ()]:
-        backbone = HubertBackbone(str(hubert_dir), num_layers=3, finetune_layers=finetune).eval()
-        feats = backbone.prepare(wave)
-        with torch.no_grad():
-            out = backbone(feats[None], torch.tensor([feats.shape[0]]))[0]
-        torch.testing.assert_close(out, _reference_forward(hubert_dir, 3, wave), atol=1e-5, rtol=1e-5)
-        assert feats.shape[0] == backbone.frame_count(wave.numel())
-
-
-def test_hubert_padded_batch_equals_each_utterance_alone(hubert_dir):
-    backbone = HubertBackbone(str(hubert_dir), num_layers=4, finetune_layers=(3, 4)).eval()
-    a, b = backbone.prepare(torch.randn(9600)), backbone.prepare(torch.randn(4800))
-    batch = torch.nn.utils.rnn.pad_sequence([a, b], batch_first=True)
-    with torch.no_grad():
-        out = backbone(batch, torch.tensor([a.shape[0], b.shape[0]]))
-        alone = backbone(b[None], torch.tensor([b.shape[0]]))
-    torch.testing.assert_close(out[1, : b.shape[0]], alone[0], atol=1e-5, rtol=1e-5)
+# The split of HuBERT (and of the other encoder families) into a cached and a trainable part, its
+# equality with transformers' forward, padding and freezing: tests/test_encoders.py.
 
 
 def test_hubert_bad_configs(hubert_dir, tmp_path):
     missing = tmp_path / "no-such-hubert"
     with pytest.raises(FileNotFoundError, match="no-such-hubert"):
         HubertBackbone(str(missing))
-    with pytest.raises(ValueError, match=r"hubert_layers must be in \[1, 4\]"):
+    with pytest.raises(ValueError, match=r"--hubert-layers\) must be in \[1, 4\]"):
         HubertBackbone(str(hubert_dir), num_layers=5, finetune_layers=())
-    with pytest.raises(ValueError, match="hubert_finetune_layers"):
+    with pytest.raises(ValueError, match="--hubert-finetune-layers"):
         HubertBackbone(str(hubert_dir), num_layers=2, finetune_layers=(3,))
 
 

@@ -32,6 +32,35 @@ def save_tiny_hubert(directory: Path, stable_layer_norm: bool = False, seed: int
     return directory
 
 
+# transformers config class of each supported encoder family, and whether it has a stable-layer-norm variant.
+ENCODER_CONFIGS = {"hubert": ("HubertConfig", True), "wav2vec2": ("Wav2Vec2Config", True),
+                   "wavlm": ("WavLMConfig", True), "data2vec-audio": ("Data2VecAudioConfig", False)}
+# Every (family, stable layer norm) pair a test should cover.
+ENCODER_VARIANTS = [(family, stable) for family, (_, has_stable) in ENCODER_CONFIGS.items()
+                    for stable in ((False, True) if has_stable else (False,))]
+
+
+def save_tiny_encoder(directory: Path, family: str = "hubert", stable_layer_norm: bool = False, seed: int = 0,
+                      **overrides) -> Path:
+    """A random 4-block encoder of ``family`` (hidden 32, 20 ms frames) saved with save_pretrained."""
+    import transformers
+
+    config_class = getattr(transformers, ENCODER_CONFIGS[family][0])
+    fields = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                  conv_dim=(16, 16), conv_stride=(5, 64), conv_kernel=(10, 64), num_conv_pos_embeddings=16,
+                  num_conv_pos_embedding_groups=2, feat_extract_norm="layer" if stable_layer_norm else "group")
+    if family == "data2vec-audio":  # no stable-layer-norm variant; a stack of small positional convs
+        fields.update(num_conv_pos_embeddings=2, conv_pos_kernel_size=5)
+    else:
+        fields["do_stable_layer_norm"] = stable_layer_norm
+    if family == "wavlm":  # few buckets, so a short utterance still spans several
+        fields.update(num_buckets=16, max_bucket_distance=32)
+    fields.update(overrides)
+    torch.manual_seed(seed)
+    transformers.AutoModel.from_config(config_class(**fields)).save_pretrained(directory)
+    return directory
+
+
 def write_tiny_corpus(root: Path, sessions: int = 3, per_speaker: int = 4, seed: int = 0) -> Corpus:
     """sessions x 2 speakers x per_speaker short WAVs (0.4-0.8 s, 16 kHz), labels cycling through
     the four classes; each class a different tone so there is something to learn."""

@@ -5,10 +5,11 @@ Frame features (what each chunk sees):
 * fbank backbone: the Kaldi fbank and its per-utterance normalisation run on the whole waveform
   (cheap, (T, 40)); the conv encoder runs per chunk with ``receptive_context`` real frames on
   each side, so every kept frame sees exactly the inputs of a one-pass run: exact.
-* HuBERT backbone: each chunk's waveform, widened by ``context_s`` of audio on each side, goes
-  through the frozen bottom and the trained blocks, and only the chunk's own frames are kept.
-  Self-attention then sees the window, not the whole file: an approximation for files longer
-  than one chunk (files that fit one chunk are computed exactly as in training).
+* pretrained speech encoders (HuBERT, wav2vec 2.0, WavLM, data2vec-audio): each chunk's
+  waveform, widened by ``context_s`` of audio on each side, goes through the frozen bottom and
+  the trained blocks, and only the chunk's own frames are kept. Self-attention then sees the
+  window, not the whole file: an approximation for files longer than one chunk (files that fit
+  one chunk are computed exactly as in training).
 
 Heads (how chunks combine): LPMN's pooled mapping and MP are maxima over frames, so the max over
 chunks of the per-chunk maxima is exact (``frame_index`` comes from the chunk that attains it,
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..models import FbankBackbone, HubertBackbone, LPMNHead, PoolingHead, ProbeHead
+from ..models import FbankBackbone, LPMNHead, PoolingHead, ProbeHead, SpeechEncoderBackbone
 from ..models.backbones import FRAME_LENGTH_MS, FRAME_SHIFT_MS, SAMPLE_RATE
 from ..ops.reference import EPS
 
@@ -44,7 +45,7 @@ class FrameGeometry:
 def frame_geometry(backbone: torch.nn.Module) -> FrameGeometry:
     if isinstance(backbone, FbankBackbone):
         return FrameGeometry(int(SAMPLE_RATE * FRAME_SHIFT_MS / 1000), int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000))
-    if isinstance(backbone, HubertBackbone):
+    if isinstance(backbone, SpeechEncoderBackbone):
         shift, window = 1, 1
         for kernel, stride in zip(backbone.config.conv_kernel, backbone.config.conv_stride):
             window += (kernel - 1) * shift
@@ -73,7 +74,7 @@ def frame_chunks(backbone: torch.nn.Module, wave: torch.Tensor, chunk_frames: in
             lo, hi = max(0, a - r), min(T, b + r)
             x = backbone(feats[lo:hi][None].to(device), torch.tensor([hi - lo], device=device))
             yield a, x[0, a - lo:b - lo]
-    elif isinstance(backbone, HubertBackbone):
+    elif isinstance(backbone, SpeechEncoderBackbone):
         g = frame_geometry(backbone)
         T, ctx = backbone.frame_count(wave.numel()), math.ceil(context_s * SAMPLE_RATE / g.shift)
         for a in range(0, T, chunk_frames):

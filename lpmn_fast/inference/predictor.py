@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from ..models import LPMNHead, ProbeHead, SERModel
-from ..models.pretrained import CONFIG_NAME, from_pretrained, is_local_path
+from ..models.encoders import is_local
+from ..models.pretrained import CONFIG_NAME, from_pretrained
 from .audio import SAMPLE_RATE, InputError, check_waveform, load_audio, to_mono_16k
 from .batch import EVIDENCE_SECONDS, evidence_span, length_batches, run_batch
 from .chunks import frame_geometry, run_chunked
@@ -281,7 +282,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu", hubert_
     the pretrained HuBERT of a hubert model if not at its recorded path; options: see Predictor."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if not is_local_path(path):
+    if not is_local(path):
         model = SERModel.from_pretrained(path, revision=revision, device=device, hubert_path=hubert_path, kernel=kernel)
         return Predictor(model, source=str(path), **options)
     directory = resolve_model_dir(path)

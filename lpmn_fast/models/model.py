@@ -122,9 +122,10 @@ class SERModel(nn.Module, ModelHubMixin, library_name="lpmn_fast", pipeline_tag=
         kernel: override the prototype-MIL backend. The model gets ``classes`` and
         ``pretrained_config``.
         """
-        from .pretrained import from_pretrained, hub_error, hub_errors, is_local_path
+        from .encoders import is_local
+        from .pretrained import from_pretrained, hub_error, hub_errors
 
-        if is_local_path(pretrained_model_name_or_path):
+        if is_local(pretrained_model_name_or_path):
             # A folder is read directly, with errors naming what is missing in it.
             return from_pretrained(pretrained_model_name_or_path, device=device, hubert_path=hubert_path,
                                    kernel=kernel)

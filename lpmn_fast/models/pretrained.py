@@ -3,9 +3,11 @@
 A model directory holds ``config.json`` (architecture, class names, provenance) and
 ``model.safetensors`` (every tensor of ``SERModel.persistent_state()``: the trainable backbone
 part, the head, the Fisher importance, for a probed LPMN the selected prototype indices and the
-probe classifier). The frozen bottom of a HuBERT backbone is not copied: ``from_pretrained``
-reloads it from the HuBERT path recorded in the config (or the ``hubert_path`` given), exactly
-as training did, and says so clearly when that path is missing.
+probe classifier). The frozen bottom of a pretrained speech encoder (HuBERT, wav2vec 2.0, WavLM,
+data2vec-audio) is not in model.safetensors: ``from_pretrained`` reloads it from the encoder
+recorded in the config (as the user gave it: a Hub id with the commit it resolved to, or a
+path), or from the copy :func:`bundle_backbone` wrote into ``backbone/`` beside it, or from the
+``hubert_path`` given, and says clearly what it tried when none is there.
 
 Both files are written atomically, weights first: a crash leaves the previous file under each
 name, never a half-written one. The model card (README.md, lpmn_fast.models.card) follows.
@@ -29,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from ..data.atomic import atomic_path, write_text_atomic
 from ..nn import PrototypeMIL
 from .backbones import FbankBackbone, HubertBackbone
+from .encoders import SHAPE_FIELDS, SpeechEncoderBackbone, is_local
 from .heads import LPMNHead, PoolingHead, ProbeHead
 from .model import SERModel
 
@@ -36,9 +39,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "lpmn_fast.SERModel"
 FORMAT_VERSION = 1
-# Architecture fields of a HuBERT checkpoint that the trainable top blocks depend on.
-_HUBERT_SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "conv_dim", "conv_stride",
-                        "conv_kernel", "do_stable_layer_norm", "feat_extract_norm")
+# Where bundle_backbone puts the truncated pretrained encoder, inside a saved model directory.
+BUNDLE_DIR = "backbone"
 
 
 def _valence_weight(head: torch.nn.Module) -> float:
@@ -46,7 +48,7 @@ def _valence_weight(head: torch.nn.Module) -> float:
     return float(regressor.loss_weight) if regressor is not None else 0.0
 
 
-def _hubert_fingerprint(backbone: HubertBackbone) -> str:
+def _hubert_fingerprint(backbone: SpeechEncoderBackbone) -> str:
     """A short hash of the frozen bottom's weights (float64 sums of each tensor: cheap, and
     insensitive to a re-save in another file format)."""
     sums = [f"{k}:{float(v.double().sum()):.6e}" for k, v in sorted(backbone.frozen.state_dict().items())]
@@ -59,14 +61,8 @@ def describe_backbone(backbone: torch.nn.Module) -> dict:
         return {"type": "fbank", "num_mel_bins": backbone.num_mel_bins, "hidden": backbone.out_dim,
                 "layers": len(backbone.convs), "kernel": int(backbone.convs[0].kernel_size[0]),
                 "dropout": float(backbone.dropout.p)}
-    if isinstance(backbone, HubertBackbone):
-        path = str(backbone.config.name_or_path)
-        if Path(path).expanduser().exists():
-            path = str(Path(path).expanduser().resolve())
-        return {"type": "hubert", "path": path, "num_layers": backbone.num_layers,
-                "finetune_layers": list(backbone.finetune_layers),
-                "hubert_config": {k: getattr(backbone.config, k) for k in _HUBERT_SHAPE_FIELDS},
-                "frozen_fingerprint": _hubert_fingerprint(backbone)}
+    if isinstance(backbone, SpeechEncoderBackbone):
+        return describe_encoder(backbone)
     raise TypeError(f"save_pretrained does not know backbone {type(backbone).__name__}")
 
 
@@ -106,32 +102,15 @@ def build_head_from_description(desc: dict, kernel: str | None = None) -> torch.
     raise ValueError(f"unknown head type {kind!r} in the model config")
 
 
-def build_backbone_from_description(desc: dict, hubert_path: str | None = None,
-                                    source: str = "the model") -> torch.nn.Module:
+def build_backbone_from_description(desc: dict, hubert_path: str | None = None, source: str = "the model",
+                                    model_dir: str | os.PathLike | None = None) -> torch.nn.Module:
+    """The backbone ``desc`` describes; ``hubert_path`` overrides where a pretrained encoder is loaded
+    from, ``model_dir`` is the saved model's directory (where a bundled encoder lies)."""
     if desc["type"] == "fbank":
         return FbankBackbone(desc["num_mel_bins"], desc["hidden"], desc["layers"], desc["kernel"], desc["dropout"])
-    if desc["type"] != "hubert":
+    if desc["type"] not in ("hubert", "hf"):
         raise ValueError(f"unknown backbone type {desc['type']!r} in the model config")
-    path = hubert_path or desc["path"]
-    try:
-        backbone = HubertBackbone(path, desc["num_layers"], tuple(desc["finetune_layers"]))
-    except FileNotFoundError as error:
-        raise FileNotFoundError(
-            f"{source} uses a HuBERT backbone whose frozen layers are loaded from the pretrained HuBERT it was "
-            f"trained with, recorded as {desc['path']!r}; that could not be loaded"
-            + (f" from {hubert_path!r}" if hubert_path else "")
-            + ". Pass its local directory as hubert_path= (lpmn-predict --hubert-path DIR). Cause: " + str(error)
-        ) from error
-    found = {k: getattr(backbone.config, k) for k in _HUBERT_SHAPE_FIELDS}
-    expected = desc.get("hubert_config", {})
-    differ = {k: (found[k], v) for k, v in expected.items() if _jsonable(found[k]) != v}
-    if differ:
-        raise ValueError(f"the HuBERT at {path!r} is not the one {source} was trained with: "
-                         + ", ".join(f"{k} {a!r} (trained with {b!r})" for k, (a, b) in differ.items()))
-    if desc.get("frozen_fingerprint") and _hubert_fingerprint(backbone) != desc["frozen_fingerprint"]:
-        warnings.warn(f"the frozen HuBERT weights at {path!r} differ from those {source} was trained with "
-                      "(fingerprint mismatch): its predictions will not be the trained model's", stacklevel=3)
-    return backbone
+    return build_encoder_from_description(desc, hubert_path, source, model_dir)
 
 
 def _jsonable(value):
@@ -168,15 +147,6 @@ def save_pretrained(model: SERModel, directory: str | os.PathLike, classes: list
 
         write_card(directory, config, repo_id)
     return directory
-
-
-def is_local_path(name: str | os.PathLike) -> bool:
-    """Whether ``name`` means a local folder rather than a Hub repository id ("org/name"): a Path
-    object, an existing path, or text that cannot be a repository id (absolute, ./, ~, several /)."""
-    if isinstance(name, os.PathLike) or os.path.exists(name):
-        return True
-    text = str(name)
-    return os.path.isabs(text) or text.startswith((".", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
 
 
 def hub_errors() -> tuple[type[Exception], ...]:
@@ -249,15 +219,17 @@ def from_pretrained(directory: str | os.PathLike, *, device: str | torch.device 
                     hubert_path: str | None = None, kernel: str | None = None) -> SERModel:
     """The SERModel saved in ``directory``, in eval mode on ``device``.
 
-    hubert_path: where the pretrained HuBERT of a ``hubert`` model lies, if not (any more) at the
-    path recorded in its config. kernel: override the prototype-MIL backend ("auto", "triton",
-    "torch"). The model gets ``classes`` (list of names) and ``pretrained_config`` (the config dict).
+    hubert_path: where the pretrained encoder of a ``hubert``/``hf`` model lies, if neither bundled
+    nor (any more) where its config records it. kernel: override the prototype-MIL backend
+    ("auto", "triton", "torch"). The model gets ``classes`` (list of names) and
+    ``pretrained_config`` (the config dict).
     """
     config = read_config(directory)
     weights = Path(directory) / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} missing: the model directory is incomplete")
-    model = SERModel(build_backbone_from_description(config["backbone"], hubert_path, f"the model in {directory}"),
+    model = SERModel(build_backbone_from_description(config["backbone"], hubert_path, f"the model in {directory}",
+                                                     directory),
                      build_head_from_description(config["head"], kernel))
     state = load_file(str(weights))
     try:
@@ -272,5 +244,120 @@ def from_pretrained(directory: str | os.PathLike, *, device: str | torch.device 
     return model.to(device).eval()
 
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "describe_backbone", "describe_head", "download", "from_pretrained",
-           "hub_error", "hub_errors", "is_local_path", "read_config", "save_pretrained"]
+# ---- pretrained speech encoders: what the config records, where the frozen part is reloaded from ----
+
+def describe_encoder(backbone: SpeechEncoderBackbone) -> dict:
+    """The record of a pretrained encoder backbone: the encoder as the user gave it (``source``: Hub id
+    or path; ``revision``: the Hub commit it resolved to; ``path``: the absolute directory, for local
+    ones), the cut, the shapes the trained blocks need and a fingerprint of the frozen weights."""
+    provenance = getattr(backbone, "provenance", None) or {}  # a reloaded model keeps its first record
+    source = provenance.get("source", backbone.source)
+    local = is_local(backbone.source) and Path(backbone.source).expanduser().exists()
+    path = provenance.get("path") if provenance else (
+        str(Path(backbone.source).expanduser().resolve()) if local else None)
+    return {"type": backbone.kind, "family": backbone.family, "source": source,
+            "revision": provenance.get("revision", backbone.revision), "path": path,
+            "num_layers": backbone.num_layers, "finetune_layers": list(backbone.finetune_layers),
+            "layer_weights": backbone.layer_weights is not None,
+            "encoder_config": _jsonable({k: getattr(backbone.config, k, None) for k in SHAPE_FIELDS}),
+            "frozen_fingerprint": _hubert_fingerprint(backbone)}
+
+
+def _encoder_candidates(desc: dict, override: str | None, model_dir) -> list[tuple[str, str | None]]:
+    """(where, revision) to try, in order: the override; the bundled copy; the recorded absolute path;
+    the source as given (a Hub id at its recorded revision, or a relative path)."""
+    if override:
+        return [(override, None)]
+    found = []
+    if desc.get("bundled") and model_dir is not None:
+        found.append((str(Path(model_dir) / desc["bundled"]), None))
+    if desc.get("path"):
+        found.append((desc["path"], None))
+    if desc.get("source") and desc.get("source") != desc.get("path"):
+        found.append((desc["source"], desc.get("revision")))
+    return found
+
+
+def build_encoder_from_description(desc: dict, override: str | None = None, source: str = "the model",
+                                   model_dir=None) -> SpeechEncoderBackbone:
+    """Rebuild a ``hubert``/``hf`` backbone: its frozen part from the first place in
+    :func:`_encoder_candidates` that loads, checked against the recorded shapes and fingerprint."""
+    cls = HubertBackbone if desc["type"] == "hubert" else SpeechEncoderBackbone
+    errors = []
+    for where, revision in _encoder_candidates(desc, override, model_dir):
+        try:
+            backbone = cls(where, desc["num_layers"], tuple(desc["finetune_layers"]),
+                           layer_weights=bool(desc.get("layer_weights")), revision=revision)
+            break
+        except FileNotFoundError as error:
+            errors.append(str(error))
+    else:
+        recorded = desc.get("source") or desc.get("path")
+        raise FileNotFoundError(
+            f"{source} uses a pretrained speech encoder whose frozen layers are loaded from the checkpoint it was "
+            f"trained with, recorded as {recorded!r}" + (f" at {desc['path']!r}" if desc.get("path") else "")
+            + "; that could not be loaded" + (f" from {override!r}" if override else "")
+            + ". Pass its local directory as hubert_path= (lpmn-predict --hubert-path DIR), or save the model "
+            "with lpmn-train --bundle-backbone. Tried: " + " | ".join(errors))
+    where = backbone.source
+    found = {k: _jsonable(getattr(backbone.config, k, None)) for k in SHAPE_FIELDS}
+    expected = desc.get("encoder_config") or desc.get("hubert_config", {})  # hubert_config: format of older saves
+    differ = {k: (found[k], v) for k, v in expected.items() if k in found and found[k] != v}
+    if differ:
+        raise ValueError(f"the encoder at {where!r} is not the one {source} was trained with: "
+                         + ", ".join(f"{k} {a!r} (trained with {b!r})" for k, (a, b) in differ.items()))
+    if desc.get("frozen_fingerprint") and _hubert_fingerprint(backbone) != desc["frozen_fingerprint"]:
+        warnings.warn(f"the frozen encoder weights at {where!r} differ from those {source} was trained with "
+                      "(fingerprint mismatch): its predictions will not be the trained model's", stacklevel=3)
+    backbone.provenance = {k: desc.get(k) for k in ("source", "revision", "path") if k in desc}
+    return backbone
+
+
+def bundle_backbone(backbone: torch.nn.Module, directory: str | os.PathLike,
+                    copy_from: str | os.PathLike | None = None) -> Path | None:
+    """Copy the truncated pretrained encoder (CNN, projection, every kept block) into
+    ``directory/backbone/`` with ``save_pretrained`` and record it in ``directory/config.json``, so the
+    saved model loads without the original checkpoint. ``copy_from``: a model directory already
+    bundled with the same backbone (hard links, no second copy). Returns the folder, or None for a
+    backbone with nothing pretrained (fbank). The folder is replaced whole: a crash leaves the old one."""
+    if not isinstance(backbone, SpeechEncoderBackbone):
+        return None
+    import shutil
+    import tempfile
+
+    directory = Path(directory)
+    config = read_config(directory)
+    target = directory / BUNDLE_DIR
+    tmp = Path(tempfile.mkdtemp(prefix=f".{BUNDLE_DIR}-", dir=directory))
+    try:
+        if copy_from is not None and (Path(copy_from) / BUNDLE_DIR / CONFIG_NAME).is_file():
+            shutil.rmtree(tmp)
+            shutil.copytree(Path(copy_from) / BUNDLE_DIR, tmp, copy_function=_link_or_copy)
+        else:
+            backbone.hf_model.save_pretrained(tmp)
+        old = directory / f".{BUNDLE_DIR}-old"
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    config["backbone"]["bundled"] = BUNDLE_DIR
+    write_text_atomic(directory / CONFIG_NAME, json.dumps(config, indent=1))
+    return target
+
+
+def _link_or_copy(src, dst):
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
+    return dst
+
+
+__all__ = ["BUNDLE_DIR", "CONFIG_NAME", "WEIGHTS_NAME", "build_encoder_from_description", "bundle_backbone",
+           "describe_backbone", "describe_encoder", "describe_head", "download", "from_pretrained", "hub_error",
+           "hub_errors", "read_config", "save_pretrained"]

@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
+
 import torch
 
 from .output import PrototypeMILOutput
 from .reference import prototype_mil_reference
 from .validation import validate_fused_inputs, validate_inputs
 
-try:  # the fused backend needs triton (Linux); without it every call goes to the reference
-    from . import triton_op as _triton_op
-
-    _TRITON_IMPORT_ERROR: ImportError | None = None
-except ImportError as exc:  # pragma: no cover - triton ships with torch's Linux wheels
-    _triton_op = None
-    _TRITON_IMPORT_ERROR = exc
-
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+@functools.cache
+def _triton_op():
+    """lpmn_fast.ops.triton_op, imported on the first fused call: importing triton costs more than the
+    rest of ``import lpmn_fast`` past torch, and the reference path never needs it. Raises
+    RuntimeError when triton (Linux only) cannot be imported."""
+    try:
+        return importlib.import_module(".triton_op", __package__)
+    except ImportError as error:  # pragma: no cover - triton ships with torch's Linux wheels
+        raise RuntimeError(f"backend='triton' needs the triton package, which failed to import ({error}); "
+                           "install triton (Linux) or use backend='torch'") from error
+
+
 def fused_backend_available(device: torch.device) -> bool:
-    """Whether backend="auto" would use the fused Triton kernels on ``device``: CUDA with triton importable."""
-    return _triton_op is not None and torch.device(device).type == "cuda"
+    """Whether backend="auto" would use the fused Triton kernels on ``device``: CUDA with triton installed."""
+    return torch.device(device).type == "cuda" and importlib.util.find_spec("triton") is not None
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
@@ -67,13 +75,9 @@ def prototype_mil(
         raise TypeError(f"deterministic must be True, False or None, got {deterministic!r}")
     chosen = resolve_backend(backend, x.device, x.dtype)
     if chosen == "triton":
-        if _triton_op is None:
-            raise RuntimeError(
-                f"backend='triton' needs the triton package, which failed to import ({_TRITON_IMPORT_ERROR}); "
-                "install triton (Linux) or use backend='torch'"
-            )
+        fused = _triton_op()
         validate_fused_inputs(x)
         if deterministic is None:
             deterministic = torch.are_deterministic_algorithms_enabled()
-        return _triton_op.prototype_mil_fused(x, prototypes, lengths, float(tau), fisher, deterministic)
+        return fused.prototype_mil_fused(x, prototypes, lengths, float(tau), fisher, deterministic)
     return prototype_mil_reference(x, prototypes, lengths, float(tau), fisher)

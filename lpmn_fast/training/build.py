@@ -12,7 +12,10 @@ from ..models import SERModel, build_backbone, build_head
 def build_backbone_from_config(c) -> torch.nn.Module:
     if c.backbone == "hubert":
         return build_backbone("hubert", path=c.hubert_path, num_layers=c.hubert_layers,
-                              finetune_layers=tuple(c.hubert_finetune_layers))
+                              finetune_layers=tuple(c.hubert_finetune_layers), layer_weights=c.layer_weights)
+    if c.backbone == "hf":
+        return build_backbone("hf", source=c.hf_model, num_layers=c.hf_layers, layer_weights=c.layer_weights,
+                              finetune_layers=None if c.hf_finetune_layers is None else tuple(c.hf_finetune_layers))
     return build_backbone(c.backbone, num_mel_bins=c.fbank_mel_bins, hidden=c.encoder_hidden,
                           layers=c.encoder_layers, kernel=c.encoder_kernel, dropout=c.dropout)
 

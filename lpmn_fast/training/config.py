@@ -23,7 +23,8 @@ from .logs import LOG_KINDS
 from .precision import PRECISIONS
 
 DATASETS = ("synthetic", "iemocap", "mer2023", "manifest", "folder")
-BACKBONES = ("fbank", "hubert")
+BACKBONES = ("fbank", "hf", "hubert")
+ENCODER_BACKBONES = ("hf", "hubert")  # pretrained speech encoders (lpmn_fast.models.encoders)
 METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
 CACHE_DTYPES = ("float32", "bfloat16", "float16")
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -49,7 +50,7 @@ def _f(default, help: str, factory=None):
 
 
 def _by_backbone(name: str) -> str:
-    return f"hubert (paper) {PAPER_DEFAULTS[name]:g}, fbank (demo) {FBANK_DEMO_DEFAULTS[name]:g}"
+    return f"hubert/hf (paper) {PAPER_DEFAULTS[name]:g}, fbank (demo) {FBANK_DEMO_DEFAULTS[name]:g}"
 
 
 def default_cache_dir() -> str:
@@ -104,12 +105,25 @@ class TrainConfig:
                                     "block) on disk once and train from it (exact); off: recompute every step")
     # model
     backbone: str = _f("fbank", f"frame features, one of {BACKBONES}: 'fbank' = Kaldi log-mel + small conv encoder "
-                                "(CPU demo), 'hubert' = pretrained HuBERT from --hubert-path")
+                                "(CPU demo), 'hf' = a pretrained HuBERT / wav2vec 2.0 / WavLM / data2vec-audio from "
+                                "--hf-model, 'hubert' = pretrained HuBERT from --hubert-path (the paper's set-up)")
     hubert_path: str | None = _f(None, "local directory (or hub name) of a transformers HubertModel, e.g. saved by "
                                         "HubertModel.save_pretrained; needed by --backbone hubert")
     hubert_layers: int = _f(19, "keep the first N transformer blocks (paper: 19 of HuBERT-large's 24)")
     hubert_finetune_layers: list[int] = _f(None, "1-based blocks to fine-tune, the rest frozen "
                                                                  "(paper: 18 19; empty: all frozen)", lambda: [18, 19])
+    # pretrained speech encoders (--backbone hf; --layer-weights and --bundle-backbone also for hubert)
+    hf_model: str | None = _f(None, "--backbone hf: local directory or Hugging Face Hub id of a transformers speech "
+                                    "encoder of the wav2vec 2.0 family (HuBERT, wav2vec 2.0, WavLM, data2vec-audio, "
+                                    "base or large), detected from its config.json")
+    hf_layers: int | None = _f(None, "--backbone hf: keep the first N transformer blocks (default: all)")
+    hf_finetune_layers: list[int] | None = _f(None, "--backbone hf: 1-based blocks to fine-tune, the rest frozen "
+                                                    "(default: the last two kept blocks; empty: all frozen)")
+    layer_weights: bool = _f(False, "hf/hubert: frame features = a learned softmax-weighted sum of every kept block's "
+                                    "output (SUPERB) instead of the last block's; the feature cache then holds every "
+                                    "frozen block's output (that many times larger)")
+    bundle_backbone: bool = _f(False, "hf/hubert: copy the truncated pretrained encoder into the exported model "
+                                      "folders (model/backbone/), so they load without the original checkpoint")
     fbank_mel_bins: int = _f(40, "fbank backbone: mel bins of the Kaldi filterbank (20 ms shift, 25 ms window)")
     encoder_hidden: int = _f(64, "fbank backbone: channels of the conv frame encoder")
     encoder_layers: int = _f(2, "fbank backbone: conv layers of the frame encoder")
@@ -203,11 +217,15 @@ BEFORE_FIELD = {"precision": ("fp32",), "cache_dtype": ("float32",), "determinis
 
 
 def changed_fields(saved: dict, current: dict) -> list[str]:
-    """Fields of the ``current`` config dict that differ from a ``saved`` one of the same run (RUN_CONTROL aside)."""
+    """Fields of the ``current`` config dict that differ from a ``saved`` one of the same run (RUN_CONTROL aside).
+    A field the saved config lacks (one added to lpmn_fast since) counts as its default, or, for the
+    BEFORE_FIELD ones, as any value that reproduces what such a run did."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
     def differs(k):
         if k not in saved and k in BEFORE_FIELD:
             return current[k] not in BEFORE_FIELD[k]
-        return saved.get(k) != current[k]
+        return saved.get(k, defaults.get(k)) != current[k]
 
     return [k for k in current if k not in RUN_CONTROL and differs(k)]
 
@@ -220,8 +238,8 @@ def default_run_root(data: str, backbone: str) -> Path:
 def resolve(config: TrainConfig) -> TrainConfig:
     """Fill backbone-dependent defaults and check every field; raise ValueError naming a bad one."""
     c = dataclasses.replace(config)
-    defaults = PAPER_DEFAULTS if c.backbone == "hubert" else FBANK_DEMO_DEFAULTS
-    if c.backbone == "hubert" and c.data == "mer2023":
+    defaults = PAPER_DEFAULTS if c.backbone in ENCODER_BACKBONES else FBANK_DEMO_DEFAULTS
+    if c.backbone in ENCODER_BACKBONES and c.data == "mer2023":
         defaults = {**defaults, "epochs": MER2023_PAPER_EPOCHS}
     for name, value in defaults.items():
         if getattr(c, name) is None:
@@ -271,6 +289,9 @@ def _check(c: TrainConfig) -> None:
     need(c.kernel in BACKENDS, f"unknown kernel {c.kernel!r}; choose one of {BACKENDS}")
     need(c.select_metric in METRICS, f"unknown select_metric {c.select_metric!r}; choose one of {METRICS}")
     need(c.backbone != "hubert" or c.hubert_path, "backbone 'hubert' needs hubert_path (--hubert-path)")
+    need(c.backbone != "hf" or c.hf_model, "backbone 'hf' needs hf_model (--hf-model), a local directory or Hub id")
+    need(c.backbone in ENCODER_BACKBONES or not (c.layer_weights or c.bundle_backbone),
+         f"layer_weights and bundle_backbone apply to pretrained encoders ({ENCODER_BACKBONES}), not {c.backbone!r}")
     need(c.num_prototypes >= 1, f"num_prototypes (K) must be >= 1, got {c.num_prototypes}")
     need(1 <= c.top_k <= c.num_prototypes,
          f"top_k (K' = {c.top_k}) must be in [1, num_prototypes K = {c.num_prototypes}]")

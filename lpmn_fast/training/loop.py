@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..data.atomic import write_text_atomic
 from ..models.backbones import FRAME_SHIFT_MS
+from ..models.pretrained import bundle_backbone
 from .build import build_model, build_optimizer, lr_factor, pick_device
 from .checkpoint import load_checkpoint, load_model_state, read_checkpoint_json, restore_rng, save_checkpoint
 from .config import TrainConfig, changed_fields, config_dict, resolve
@@ -259,6 +260,8 @@ def _train(c: TrainConfig) -> dict:
         probe.save_pretrained(run_dir / "model-probe", classes, {
             "name": probe_results["name"], "top_k": c.top_k, "train_config": cfg,  # for lpmn-predict
             "evaluation": run_evaluation(results, probe_results), "provenance": _provenance(c, device, started, precision)})
+        if c.bundle_backbone:  # the pretrained encoder inside the folder: it loads anywhere
+            bundle_backbone(probe.backbone, run_dir / "model-probe")
         matrices[probe_results["name"]] = probe_results["test"]["confusion_matrix"]
 
     # ---- outputs ----------------------------------------------------------------------------
@@ -270,6 +273,8 @@ def _train(c: TrainConfig) -> dict:
     model.save_pretrained(run_dir / "model", classes, {"name": results["name"], "top_k": c.top_k, "train_config": cfg,
                                                        "evaluation": run_evaluation(results),
                                                        "provenance": results["provenance"]})
+    if c.bundle_backbone:  # the probe shares this backbone: hard links to its copy where it has one
+        bundle_backbone(model.backbone, run_dir / "model", copy_from=run_dir / "model-probe")
     _dump(run_dir / "metrics.json", results)
     plot_confusion(matrices, classes, run_dir / "confusion.png")
     plot_curves(run["history"], c.select_metric, run_dir / "curves.png")
