@@ -25,13 +25,9 @@ def frame_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
 
 
 def first_argmax(values: torch.Tensor, dim: int) -> torch.Tensor:
-    """Index of the maximum along ``dim``, the smallest index among ties."""
-    size = values.shape[dim]
-    shape = [1] * values.dim()
-    shape[dim] = size
-    positions = torch.arange(size, device=values.device).view(shape)
-    is_max = values == values.amax(dim=dim, keepdim=True)
-    return torch.where(is_max, positions, size).amin(dim=dim)
+    """Index of the maximum along ``dim``, the smallest index among ties (torch.argmax documents
+    that it returns the first maximal value; tests/test_reference_op.py checks the ties)."""
+    return values.argmax(dim=dim)
 
 
 def prototype_mil_reference(
