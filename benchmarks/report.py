@@ -45,12 +45,20 @@ def _peer_key(r: dict) -> tuple:
     return (r["kind"], r["mode"], r["dtype"], r["B"], r["T"], r["C"], r["K"])
 
 
-def derive(records: list[dict]) -> list[dict]:
+def modelled_machine(doc: dict) -> str | None:
+    """The roofline ledger's machine ("H100" or "H200") that the run's device is, or None."""
+    name = (doc.get("device") or {}).get("name", "")
+    return next((m for m in ("H200", "H100") if m in name), None)
+
+
+def derive(records: list[dict], machine: str | None = None) -> list[dict]:
     """Copies of ``records`` with the derived figures of each measured one.
 
     tflops: useful FLOP/s / 1e12; matmul_fraction: that over the best matmul rate of the same dtype
     in the same run; speedup_vs[b]: b's median time / this median time; mem_ratio_vs[b]: this peak
-    memory / b's, for each baseline b measured at the same shape, dtype and mode.
+    memory / b's, for each baseline b measured at the same shape, dtype and mode. With ``machine``
+    (the run's GPU in the ledger, see :func:`modelled_machine`): modelled_s, the ledger's time on
+    it, and measured_over_modelled, the median over that.
     """
     rates = matmul_rates(records)
     peers: dict[tuple, dict[str, dict]] = {}
@@ -76,6 +84,11 @@ def derive(records: list[dict]) -> list[dict]:
             if r["kind"] != "matmul":
                 r["speedup_vs"] = speedup
                 r["mem_ratio_vs"] = mem_ratio
+        model = (r.get("modelled") or {}).get("s", {})
+        if machine in model:
+            r["modelled_s"] = model[machine]
+            if _ok(r) and model[machine]:
+                r["measured_over_modelled"] = _median(r) / model[machine]
         out.append(r)
     return out
 
@@ -146,9 +159,18 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _model_cell(r: dict) -> str:
+    """The ledger's modelled time, H100 / H200, in ms ("—" where the case has none)."""
+    s = (r.get("modelled") or {}).get("s") or {}
+    if not s:
+        return "—"
+    est = "~" if (r.get("modelled") or {}).get("estimate") else ""
+    return " / ".join(f"{est}{_ms(s[m])}" for m in ("H100", "H200") if m in s)
+
+
 def to_markdown(doc: dict) -> str:
     """The benchmark JSON as Markdown: headline table, sweeps, training step, matmul rates, skips."""
-    records = derive(doc.get("records", []))
+    records = derive(doc.get("records", []), modelled_machine(doc))
     device = doc.get("device", {}).get("name", "?")
     lines = [
         f"# Prototype-MIL benchmarks on {device}",
@@ -166,6 +188,10 @@ def to_markdown(doc: dict) -> str:
         "after its forward); n/m = not measured"
         + (f" ({doc['memory_note']})" if doc.get("memory_note") else "") + ".",
         "* × vs X: X's median time over this one (above 1: faster than X); mem / X: this peak over X's.",
+        "* model ms: the roofline ledger's modelled time on an H100 / H200 (`python -m benchmarks.roofline`: "
+        "max(FLOPs/peak, bytes/bandwidth) per launch, summed; ~ marks the torch.compile estimate); "
+        "meas / model: the median over the model of this run's GPU"
+        + (f" ({modelled_machine(doc)})" if modelled_machine(doc) else " (none: not an H100 or H200)") + ".",
         f"* Ragged lengths: {doc.get('settings', {}).get('length_distribution', '?')}.",
         "",
     ]
@@ -173,9 +199,10 @@ def to_markdown(doc: dict) -> str:
     matmul = [r for r in records if r["kind"] == "matmul" and _ok(r)]
     if matmul:
         lines += ["## Dense matmul reference", ""]
-        lines += _table(["dtype", "precision", "shape (M×K)·(K×N)", "median ms [q1–q3]", "TFLOP/s"], [
+        lines += _table(["dtype", "precision", "shape (M×K)·(K×N)", "median ms [q1–q3]", "TFLOP/s",
+                         "model ms H100 / H200", "meas / model"], [
             [r["dtype"], r["mode"], f"({r['B'] * r['T']}×{r['C']})·({r['C']}×{r['K']})", _time_cell(r),
-             _num(r.get("tflops"))] for r in matmul])
+             _num(r.get("tflops")), _model_cell(r), _num(r.get("measured_over_modelled"))] for r in matmul])
         lines.append("")
 
     paper = sorted((r for r in records if r["kind"] == "op" and "paper" in r.get("sweeps", ()) and _ok(r)),
@@ -183,11 +210,13 @@ def to_markdown(doc: dict) -> str:
     if paper:
         lines += [f"## Headline shape ({_shape(paper[0])})", ""]
         lines += _table(["dtype", "mode", "provider", "median ms [q1–q3]", "TFLOP/s", "% matmul", "peak MB",
-                         "× vs eager", "× vs compile", "mem / eager", "mem / compile"], [
+                         "× vs eager", "× vs compile", "mem / eager", "mem / compile", "model ms H100 / H200",
+                         "meas / model"], [
             [r["dtype"], r["mode"], r["provider"], _time_cell(r), _num(r.get("tflops")),
              _num(None if r.get("matmul_fraction") is None else 100 * r["matmul_fraction"], "{:.3g}%"),
              _mb(r.get("peak_mem_bytes")), _ratio(r, "speedup_vs", "eager"), _ratio(r, "speedup_vs", "compile"),
-             _ratio(r, "mem_ratio_vs", "eager", ""), _ratio(r, "mem_ratio_vs", "compile", "")]
+             _ratio(r, "mem_ratio_vs", "eager", ""), _ratio(r, "mem_ratio_vs", "compile", ""), _model_cell(r),
+             _num(r.get("measured_over_modelled"))]
             for r in paper])
         lines.append("")
 
@@ -235,20 +264,23 @@ def to_markdown(doc: dict) -> str:
 
 def summary(doc: dict) -> str:
     """A short fixed-width table of the headline shape and the training step, for a terminal."""
-    records = derive(doc.get("records", []))
+    records = derive(doc.get("records", []), modelled_machine(doc))
     rows = [r for r in records if _ok(r) and (r["kind"] == "train_step"
                                                or (r["kind"] == "op" and "paper" in r.get("sweeps", ())))]
     rows.sort(key=lambda r: (r["kind"] != "op",) + _sort_key(r))
     head = f"{'dtype':<9} {'mode':<10} {'provider':<20} {'ms':>8} {'TFLOP/s':>8} {'%mm':>6} {'MB':>8} " \
-           f"{'xEager':>7} {'xComp':>7} {'mem/E':>7}"
+           f"{'xEager':>7} {'xComp':>7} {'mem/E':>7} {'model':>8} {'ms/mod':>7}"
+    machine = modelled_machine(doc)
     out = [f"device: {doc.get('device', {}).get('name', '?')}  torch {doc.get('versions', {}).get('torch')}  "
-           f"triton {doc.get('versions', {}).get('triton')}  profile {doc.get('profile')}", head]
+           f"triton {doc.get('versions', {}).get('triton')}  profile {doc.get('profile')}  "
+           f"model: {machine or 'none for this device'} (ms; ms/mod = measured / modelled)", head]
     for r in rows:
         mf = r.get("matmul_fraction")
         out.append(f"{r['dtype']:<9} {r['mode']:<10} {r['provider']:<20} {_ms(_median(r)):>8} "
                    f"{_num(r.get('tflops')):>8} {_num(None if mf is None else 100 * mf):>6} "
                    f"{_mb(r.get('peak_mem_bytes')):>8} {_ratio(r, 'speedup_vs', 'eager'):>7} "
-                   f"{_ratio(r, 'speedup_vs', 'compile'):>7} {_ratio(r, 'mem_ratio_vs', 'eager', ''):>7}")
+                   f"{_ratio(r, 'speedup_vs', 'compile'):>7} {_ratio(r, 'mem_ratio_vs', 'eager', ''):>7} "
+                   f"{_ms(r.get('modelled_s')):>8} {_num(r.get('measured_over_modelled')):>7}")
     for m in (r for r in records if r["kind"] == "matmul" and _ok(r)):
         out.append(f"matmul {m['dtype']} {m['mode']}: {_num(m.get('tflops'))} TFLOP/s")
     n_skip = sum(not _ok(r) for r in records)

@@ -197,3 +197,46 @@ def test_command_line_rejects_bad_shapes(bad, capsys):
     with pytest.raises(SystemExit):
         roofline.main(["--shape", bad])
     assert "--shape" in capsys.readouterr().err
+
+
+# ---- the benchmark report shows the model beside the measurement --------------------------------
+
+def _measured(provider, median, model, estimate=False):
+    from benchmarks.cases import Case
+
+    case = Case("op", provider, "full", 2, 10, 8, 4, "bfloat16", ("paper",))
+    return {**case.describe(), "status": "ok", "peak_mem_bytes": None,
+            "time_s": {"median": median, "q1": median, "q3": median, "rounds": 5},
+            "modelled": {"flops": 1, "hbm_bytes": 1, "s": model, "estimate": estimate}}
+
+
+def _doc(device, records):
+    return {"created": "2026-01-01 00:00 UTC", "profile": "test", "device": {"type": "cuda", "name": device},
+            "versions": {}, "settings": {}, "records": records}
+
+
+def test_report_divides_measured_by_the_model_of_its_own_gpu():
+    from benchmarks import report
+
+    records = [_measured("triton", 3e-3, {"H100": 1e-3, "H200": 2e-3}),
+               _measured("compile", 8e-3, {"H100": 4e-3, "H200": 4e-3}, estimate=True)]
+    out = report.derive(records, report.modelled_machine({"device": {"name": "NVIDIA H200"}}))
+    assert out[0]["modelled_s"] == 2e-3 and out[0]["measured_over_modelled"] == pytest.approx(1.5)
+    assert report.derive(records, "H100")[0]["measured_over_modelled"] == pytest.approx(3.0)
+    assert "measured_over_modelled" not in report.derive(records, None)[0]
+    md = report.to_markdown(_doc("NVIDIA H200", records))
+    assert "| 1 / 2 | 1.5 |" in md  # model ms H100 / H200, then measured / modelled on the H200
+    assert "| ~4 / ~4 | 2 |" in md  # the compile estimate is marked
+    assert "meas / model: the median over the model of this run's GPU (H200)" in md
+    assert "none for this device" in report.summary(_doc("Some GPU", records))
+
+
+def test_benchmark_records_carry_the_model_of_measured_cases():
+    from benchmarks.cases import Case
+    from benchmarks.conftest import BenchEnv
+
+    case = Case("op", "triton", "forward", 2, 10, 8, 4, "bfloat16", ("paper",))
+    m = BenchEnv.modelled(case, "ok")["modelled"]
+    assert m["flops"] > 0 and set(m["s"]) == {"H100", "H200"}
+    assert BenchEnv.modelled(case, "skipped") == {}
+    assert BenchEnv.modelled(Case("train_step", "triton", "train_step", 2, 10, 8, 4, "bfloat16"), "ok") == {}
