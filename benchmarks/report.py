@@ -1,6 +1,7 @@
 """Derived figures and the Markdown table and PNG plot of a benchmark JSON.
 
     python -m benchmarks.report RESULTS.json [--md OUT.md] [--png OUT.png] [--summary]
+    python -m benchmarks.report --compare LABEL=RESULTS.json LABEL=RESULTS.json ... [--md OUT.md]
 
 Without --md/--png the Markdown and PNG are written next to the JSON. --summary prints a short
 plain-text table of the headline shape (what gpu_run.sh prints last).
@@ -348,13 +349,73 @@ def render(json_path: str | Path, md_path: str | Path | None = None, png_path: s
     return written
 
 
+def compare(runs: list[tuple[str, dict]]) -> str:
+    """Markdown: the same cases measured with several revisions (label, results JSON) on one device, in one run.
+
+    Per case: each revision's median [q1–q3] (the spread of its timed rounds), its time relative to the
+    first revision's, and the roofline ledger's modelled time for this device where that revision's
+    harness recorded one. Cases measured by no revision are left out.
+    """
+    devices = {(doc.get("device") or {}).get("name", "?") for _, doc in runs}
+    machine = modelled_machine(runs[0][1]) if runs else None
+    by_id: dict[str, dict[str, dict]] = {}
+    for label, doc in runs:
+        for r in derive(doc.get("records", []), modelled_machine(doc)):
+            if _ok(r):
+                by_id.setdefault(r["id"], {})[label] = r
+    labels = [label for label, _ in runs]
+    lines = [f"# Revisions compared on {', '.join(sorted(devices))}", "",
+             "Same device, same run, one after the other: " + ", ".join(f"`{l}`" for l in labels)
+             + f" (× = time over `{labels[0]}`'s; below 1 is faster). Median over the timed rounds "
+             "[first–third quartile], ms. model: the roofline ledger's time on "
+             + (machine or "(no ledger machine for this device)") + ", where the revision's harness has the ledger.",
+             ""]
+    if len(devices) > 1:
+        lines += ["**Warning: the runs name different devices; their times do not compare.**", ""]
+    header = ["case"] + [f"{l} ms" for l in labels] + [f"{l} ×" for l in labels[1:]] + [f"{l} model ms" for l in labels]
+    rows = []
+    for case_id in sorted(by_id, key=lambda i: (("triton" not in i), i)):
+        at = by_id[case_id]
+        if len(labels) > 1 and not set(at) - {labels[0]}:
+            continue  # measured by the reference revision alone (its full suite): nothing to compare
+        base = at.get(labels[0])
+        row = [case_id] + [_time_cell(at[l]) if l in at else "—" for l in labels]
+        row += [f"{_median(at[l]) / _median(base):.3g}×" if l in at and base else "—" for l in labels[1:]]
+        row += [_ms(at[l].get("modelled_s")) if l in at else "—" for l in labels]
+        rows.append(row)
+    lines += _table(header, rows) if rows else ["No case was measured by any revision."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
-    parser.add_argument("json", help="results JSON written by pytest --benchmark")
-    parser.add_argument("--md", help="Markdown output (default: beside the JSON)")
+    parser.add_argument("json", nargs="+",
+                        help="results JSON written by pytest --benchmark; with --compare, LABEL=JSON per revision")
+    parser.add_argument("--md", help="Markdown output (default: beside the JSON; with --compare, stdout)")
     parser.add_argument("--png", help="PNG output (default: beside the JSON)")
     parser.add_argument("--summary", action="store_true", help="print a short table of the headline shape")
+    parser.add_argument("--compare", action="store_true",
+                        help="compare revisions: each argument LABEL=JSON, the first the reference")
     args = parser.parse_args(argv)
+    if args.compare:
+        runs = []
+        for item in args.json:
+            label, sep, path = item.partition("=")
+            if not sep or not label or not path:
+                parser.error(f"--compare takes LABEL=JSON arguments, got {item!r}")
+            if not Path(path).is_file():
+                parser.error(f"no results JSON at {path} (revision {label})")
+            runs.append((label, json.loads(Path(path).read_text())))
+        text = compare(runs)
+        if args.md:
+            Path(args.md).write_text(text)
+            print(f"wrote {args.md}")
+        else:
+            print(text)
+        return 0
+    if len(args.json) != 1:
+        parser.error("one results JSON (several only with --compare)")
+    args.json = args.json[0]
     for path in render(args.json, args.md, args.png):
         print(f"wrote {path}")
     if args.summary:
