@@ -13,8 +13,9 @@ How it counts (no GPU, no memory: every tensor is a meta tensor, so the paper sh
 * Triton kernels cannot run on meta tensors: their launches are intercepted and priced by the
   analytic cost functions of ``lpmn_fast.ops.triton_cost`` (grid and block sizes of the config
   that would run; the autotuner's pruned list, the config with the least modelled time chosen).
-* Modelled time of a launch = max(FLOPs / peak, bytes / bandwidth); a pass is the sum of its
-  launches (launch latency and overlap ignored). Peaks below; bf16 ones are measured ceilings.
+* Modelled time of a launch = max(FLOPs / peak, bytes / bandwidth), divided by the share of the
+  132 SMs a smaller Triton grid can occupy; a pass is the sum of its launches (launch latency,
+  wave quantisation and overlap ignored). Peaks below; bf16 ones are measured ceilings.
 * Data-dependent sizes are modelled: the lengths are the benchmark suite's ragged lengths, and
   the backward's active frames are the expected number of distinct winners when each
   prototype's winning frame is uniform over its utterance (random inputs, as benchmarked).
@@ -88,8 +89,12 @@ class Launch:
     note: str = ""
     written: int = 0  # bytes of the op's outputs (torch ops)
 
+    def share(self, machine: Machine) -> float:
+        """Fraction of the GPU a launch can use: a Triton grid of n < SMs programs runs on n SMs."""
+        return 1.0 if self.programs is None else min(1.0, self.programs / machine.sms)
+
     def time(self, machine: Machine) -> float:
-        return max(self.flops / machine.peaks[self.path], self.hbm_bytes / machine.bandwidth)
+        return max(self.flops / machine.peaks[self.path], self.hbm_bytes / machine.bandwidth) / self.share(machine)
 
     def bound(self, machine: Machine) -> str:
         return "compute" if self.flops / machine.peaks[self.path] >= self.hbm_bytes / machine.bandwidth else "memory"
@@ -498,7 +503,8 @@ def describe_inputs(shape, dtype: torch.dtype, lengths: list[int], active_rows: 
         "Useful FLOPs: 2·(valid frames)·K·C per similarity GEMM (forward 1, backward 2: dx and dp, full 3).",
         "Peaks: " + ", ".join(f"{m.name} bf16 {m.peaks['bf16'] / 1e12:.0f} TFLOP/s, {m.bandwidth / 1e12:.1f} TB/s"
                               for m in MACHINES.values())
-        + f" ({PEAK_SOURCES}). Time per launch = max(FLOPs/peak, HBM bytes/bandwidth), summed over a pass.",
+        + f" ({PEAK_SOURCES}). Time per launch = max(FLOPs/peak, HBM bytes/bandwidth), over the share of the "
+        "132 SMs its grid fills (Triton launches of fewer programs), summed over a pass.",
     ]
 
 
@@ -509,11 +515,14 @@ def to_markdown(ledgers: list[PassLedger], shape, dtype, lengths, active_rows, d
     for p in ledgers:
         s = p.summary()
         h100, h200 = s["modelled_s"]["H100"], s["modelled_s"]["H200"]
-        rows.append([p.provider, p.mode, f"{s['launches']} ({s['triton_launches']})", str(s["syncs"]),
+        programs = [l.programs for l in p.launches if l.programs is not None]
+        fewest = f"{min(programs)} ({min(programs) / SM_COUNT:.2f})" if programs else "—"
+        rows.append([p.provider, p.mode, f"{s['launches']} ({s['triton_launches']})", str(s["syncs"]), fewest,
                      _g(p.flops), _g(p.useful_flops), f"{p.flops / p.useful_flops:.2f}" if p.useful_flops else "—",
                      _g(p.hbm_bytes), _g(p.issued_bytes), _us(h100), _us(h200),
                      f"{p.useful_flops / h100 / 1e12:.0f}", p.note])
-    lines += _table(["provider", "pass", "launches (Triton)", "host syncs", "GFLOP executed", "GFLOP useful",
+    lines += _table(["provider", "pass", "launches (Triton)", "host syncs", "fewest programs (/132 SMs)",
+                     "GFLOP executed", "GFLOP useful",
                      "executed / useful", "GB HBM", "GB issued", "H100 µs", "H200 µs",
                      "useful TFLOP/s (H100 model)", "note"], rows)
     if not detail:

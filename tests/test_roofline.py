@@ -240,3 +240,10 @@ def test_benchmark_records_carry_the_model_of_measured_cases():
     assert m["flops"] > 0 and set(m["s"]) == {"H100", "H200"}
     assert BenchEnv.modelled(case, "skipped") == {}
     assert BenchEnv.modelled(Case("train_step", "triton", "train_step", 2, 10, 8, 4, "bfloat16"), "ok") == {}
+
+
+def test_a_grid_smaller_than_the_gpu_gets_its_share_of_the_peaks():
+    h100 = roofline.MACHINES["H100"]
+    full = roofline.Launch("k", "triton", flops=int(798e12), hbm_bytes=0, programs=264)
+    small = roofline.Launch("k", "triton", flops=int(798e12), hbm_bytes=0, programs=33)
+    assert full.time(h100) == pytest.approx(1.0) and small.time(h100) == pytest.approx(4.0)
