@@ -72,29 +72,60 @@ def _configs(keys, interpreter_row, tensor_core_rows, fma_rows):
     return tensor_core + fma, {"early_config_prune": prune}
 
 
-# Rows are (block sizes..., num_warps, num_stages). The interpreter's tiles (16 frames x 16
-# prototypes x 32 features) keep the CPU interpreter tolerable while still spanning several tiles
-# at the test shapes (T = 23, K = 37, C = 33), so every merge and mask runs. The GPU rows were
-# compiled offline for sm_90a (Triton 3.9, ptxas -v; benchmarks/results/sm90-compile.md is the
-# full report): the 16-bit rows use wgmma without register spills and within 227 KB of shared
-# memory; the fp32 rows at "high" (tf32x3) spill in some rows, see FWD_TF32X3 below. Autotuning
-# picks among them per (K, C, bucketed rows, dtype, precision).
-FWD_CONFIGS, FWD_PRUNE = _configs(
-    ("BLOCK_T", "BLOCK_K", "BLOCK_C"),
+def _fwd_configs(interpreter_row, sixteen_bit_rows, tf32_rows, fma_rows):
+    """The forward's triton.Configs and pruner: three families on a GPU, one config when interpreting.
+
+    16-bit inputs take the wgmma tiles; fp32 inputs at "high"/"medium" (tf32x3/tf32 dots) smaller
+    tensor-core tiles, since the fp32 operand tiles take twice the registers and shared memory;
+    fp32 at "highest" ("ieee") the FMA tiles, whose operands live in registers.
+    """
+    keys = ("BLOCK_T", "BLOCK_K", "BLOCK_C")
+
+    def make(rows):
+        return [triton.Config(dict(zip(keys, row[:-2])), num_warps=row[-2], num_stages=row[-1]) for row in rows]
+
+    if INTERPRET:
+        return make([interpreter_row]), None
+    families = {"16-bit": make(sixteen_bit_rows), "tf32": make(tf32_rows), "ieee": make(fma_rows)}
+    ids = {name: {id(c) for c in configs} for name, configs in families.items()}
+
+    def prune(configs, named_args, **kwargs):
+        if kwargs.get("DOT_PRECISION") == "ieee":
+            family = "ieee"
+        else:
+            x = named_args.get("x_ptr")
+            family = "tf32" if x is not None and x.dtype.itemsize == 4 else "16-bit"
+        return [c for c in configs if id(c) in ids[family]] or configs
+
+    return [c for configs in families.values() for c in configs], {"early_config_prune": prune}
+
+
+# Rows are (BLOCK_T, BLOCK_K, BLOCK_C, num_warps, num_stages). The interpreter's tiles (16 frames x
+# 16 prototypes x 32 features) keep the CPU interpreter tolerable while still spanning several
+# tiles at the test shapes (T = 23, K = 37, C = 33), so every merge and mask runs. The GPU rows
+# were compiled offline for sm_90a at the paper shape (Triton 3.9, `ptxas -v`): every row listed
+# compiles without register spills and within 227 KB of shared memory in every dtype and dot
+# precision its family serves (16-bit rows with wgmma). Rows dropped for spilling: (128, 128, 32,
+# 8, 4) in 16-bit (72 B), (64, 64, 32, 4, 3) for "ieee" (24 B), and every 16-bit row at tf32x3
+# (20 B to 2 KB), hence the separate fp32 tensor-core family. Autotuning picks among a family per
+# (K, C, bucketed B * T, dtype, precision).
+FWD_CONFIGS, FWD_PRUNE = _fwd_configs(
     (16, 16, 32, 4, 1),
-    [(64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (128, 128, 64, 8, 3), (128, 128, 32, 8, 4),
-     (64, 128, 32, 4, 4), (64, 256, 64, 8, 3)],
-    [(64, 64, 16, 4, 3), (64, 64, 32, 4, 3), (128, 64, 16, 8, 3), (64, 128, 16, 8, 3), (32, 64, 32, 4, 3)],
+    [(64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (128, 128, 64, 8, 3), (64, 128, 32, 4, 4),
+     (64, 256, 64, 8, 3)],
+    [(64, 64, 32, 4, 3), (64, 64, 64, 8, 3), (64, 128, 32, 8, 3), (128, 64, 32, 8, 3)],
+    [(64, 64, 16, 4, 3), (128, 64, 16, 8, 3), (64, 128, 16, 8, 3), (32, 64, 32, 4, 3)],
 )
 
 # Split-K forward (small batches): a fixed frame tile, so that the host can count the programs
-# from the shapes alone, and prototype slices a multiple of SPLIT_K_GRANULE wide.
+# from the shapes alone, and prototype slices a multiple of SPLIT_K_GRANULE wide. Both launches'
+# rows checked like the above ((64, 128, 64, 4, 3) spills at tf32x3, so it serves 16-bit only).
 SPLIT_BLOCK_T = 16 if INTERPRET else 64
 SPLIT_K_GRANULE = 16 if INTERPRET else 128
-FWD_SPLIT_CONFIGS, FWD_SPLIT_PRUNE = _configs(
-    ("BLOCK_T", "BLOCK_K", "BLOCK_C"),
+FWD_SPLIT_CONFIGS, FWD_SPLIT_PRUNE = _fwd_configs(
     (SPLIT_BLOCK_T, 16, 32, 4, 1),
     [(SPLIT_BLOCK_T, 64, 64, 4, 3), (SPLIT_BLOCK_T, 128, 64, 4, 3), (SPLIT_BLOCK_T, 128, 32, 4, 4)],
+    [(SPLIT_BLOCK_T, 64, 64, 4, 3), (SPLIT_BLOCK_T, 128, 32, 4, 4)],
     [(SPLIT_BLOCK_T, 64, 16, 4, 3), (SPLIT_BLOCK_T, 64, 32, 4, 3)],
 )
 
