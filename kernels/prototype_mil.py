@@ -44,6 +44,9 @@ LOG2E = 1.4426950408889634
 # and among equal s the smaller t. (Kernels read globals only as tl.constexpr; the host the int.)
 INT32_MAX = 2147483647
 _FRAME_CODE_BASE = tl.constexpr(INT32_MAX)
+# Keys (B, K) start at INT64_MIN, below the key of any real frame; padding frames offer INT64_MIN.
+INT64_MIN = -(2**63)
+_KEY_INIT = tl.constexpr(INT64_MIN)
 
 
 def _configs(keys, interpreter_row, tensor_core_rows, fma_rows):
@@ -69,17 +72,61 @@ def _configs(keys, interpreter_row, tensor_core_rows, fma_rows):
     return tensor_core + fma, {"early_config_prune": prune}
 
 
-# Rows are (block sizes..., num_warps, num_stages). The interpreter's tiles (16 frames x 16
-# prototypes x 32 features) keep the CPU interpreter tolerable while still spanning several tiles
-# at the test shapes (T = 23, K = 37, C = 33), so every merge and mask runs. The GPU rows were
-# checked offline for sm_90 (Triton 3.9: pipelined loads, wgmma for 16-bit tiles, no register
-# spills, shared memory within 228 KB); autotuning picks among them per (K, C, dtype, precision).
-FWD_CONFIGS, FWD_PRUNE = _configs(
-    ("BLOCK_T", "BLOCK_K", "BLOCK_C"),
+def _fwd_configs(interpreter_row, sixteen_bit_rows, tf32_rows, fma_rows):
+    """The forward's triton.Configs and pruner: three families on a GPU, one config when interpreting.
+
+    16-bit inputs take the wgmma tiles; fp32 inputs at "high"/"medium" (tf32x3/tf32 dots) smaller
+    tensor-core tiles, since the fp32 operand tiles take twice the registers and shared memory;
+    fp32 at "highest" ("ieee") the FMA tiles, whose operands live in registers.
+    """
+    keys = ("BLOCK_T", "BLOCK_K", "BLOCK_C")
+
+    def make(rows):
+        return [triton.Config(dict(zip(keys, row[:-2])), num_warps=row[-2], num_stages=row[-1]) for row in rows]
+
+    if INTERPRET:
+        return make([interpreter_row]), None
+    families = {"16-bit": make(sixteen_bit_rows), "tf32": make(tf32_rows), "ieee": make(fma_rows)}
+    ids = {name: {id(c) for c in configs} for name, configs in families.items()}
+
+    def prune(configs, named_args, **kwargs):
+        if kwargs.get("DOT_PRECISION") == "ieee":
+            family = "ieee"
+        else:
+            x = named_args.get("x_ptr")
+            family = "tf32" if x is not None and x.dtype.itemsize == 4 else "16-bit"
+        return [c for c in configs if id(c) in ids[family]] or configs
+
+    return [c for configs in families.values() for c in configs], {"early_config_prune": prune}
+
+
+# Rows are (BLOCK_T, BLOCK_K, BLOCK_C, num_warps, num_stages). The interpreter's tiles (16 frames x
+# 16 prototypes x 32 features) keep the CPU interpreter tolerable while still spanning several
+# tiles at the test shapes (T = 23, K = 37, C = 33), so every merge and mask runs. The GPU rows
+# were compiled offline for sm_90a at the paper shape (Triton 3.9, `ptxas -v`): every row listed
+# compiles without register spills and within 227 KB of shared memory in every dtype and dot
+# precision its family serves (16-bit rows with wgmma). Rows dropped for spilling: (128, 128, 32,
+# 8, 4) in 16-bit (72 B), (64, 64, 32, 4, 3) for "ieee" (24 B), and every 16-bit row at tf32x3
+# (20 B to 2 KB), hence the separate fp32 tensor-core family. Autotuning picks among a family per
+# (K, C, bucketed B * T, dtype, precision).
+FWD_CONFIGS, FWD_PRUNE = _fwd_configs(
     (16, 16, 32, 4, 1),
-    [(64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (128, 128, 64, 8, 3), (128, 128, 32, 8, 4),
-     (64, 128, 32, 4, 4)],
-    [(64, 64, 16, 4, 3), (64, 64, 32, 4, 3), (128, 64, 16, 8, 3), (64, 128, 16, 8, 3), (32, 64, 32, 4, 3)],
+    [(64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (128, 128, 64, 8, 3), (64, 128, 32, 4, 4),
+     (64, 256, 64, 8, 3)],
+    [(64, 64, 32, 4, 3), (64, 64, 64, 8, 3), (64, 128, 32, 8, 3), (128, 64, 32, 8, 3)],
+    [(64, 64, 16, 4, 3), (128, 64, 16, 8, 3), (64, 128, 16, 8, 3), (32, 64, 32, 4, 3)],
+)
+
+# Split-K forward (small batches): a fixed frame tile, so that the host can count the programs
+# from the shapes alone, and prototype slices a multiple of SPLIT_K_GRANULE wide. Both launches'
+# rows checked like the above ((64, 128, 64, 4, 3) spills at tf32x3, so it serves 16-bit only).
+SPLIT_BLOCK_T = 16 if INTERPRET else 64
+SPLIT_K_GRANULE = 16 if INTERPRET else 128
+FWD_SPLIT_CONFIGS, FWD_SPLIT_PRUNE = _fwd_configs(
+    (SPLIT_BLOCK_T, 16, 32, 4, 1),
+    [(SPLIT_BLOCK_T, 64, 64, 4, 3), (SPLIT_BLOCK_T, 128, 64, 4, 3), (SPLIT_BLOCK_T, 128, 32, 4, 4)],
+    [(SPLIT_BLOCK_T, 64, 64, 4, 3), (SPLIT_BLOCK_T, 128, 32, 4, 4)],
+    [(SPLIT_BLOCK_T, 64, 16, 4, 3), (SPLIT_BLOCK_T, 64, 32, 4, 3)],
 )
 
 # The dcos kernel: a GEMM tile (active frames x prototypes) with an elementwise epilogue.
@@ -136,10 +183,127 @@ def _cosine_tile(
     return acc * inv_x[:, None] * inv_p[None, :]
 
 
-# reset_to_zero: autotuning launches every config many times into the same keys, and an atomic max
-# keeps the largest of their (differently rounded) keys unless keys are zeroed before each launch.
-@triton.autotune(configs=FWD_CONFIGS, key=["K", "C", "DOT_PRECISION"], prune_configs_by=FWD_PRUNE,
-                 reset_to_zero=["keys_ptr"])
+@triton.jit
+def _max_key(u, t):
+    """Packed int64 max-over-t key of u (fp32, any shape) at frames t (int64, broadcastable).
+
+    High word: u's fp32 bits mapped to an int32 that orders like the floats (negative floats have
+    their magnitude bits flipped), so the comparison never depends on exp2 and survives the GPU's
+    flush-to-zero. Low word: INT32_MAX - t, so that among equal u the smaller frame wins. Every key
+    of a real frame is above INT64_MIN, the value keys and padding start at.
+    """
+    u = tl.where(u == 0.0, 0.0, u)  # -0.0 ties with +0.0 (s = 1 either way), as in the reference's max
+    bits = u.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return (ordered.to(tl.int64) << 32) | (-t + _FRAME_CODE_BASE)
+
+
+@triton.jit
+def _fwd_row_norm(x_rows, stride_xc, row_mask, C, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """|x| (BLOCK_T,) fp32 of the tile's frames: the x-norm of eq. (2), computed where x is read anyway."""
+    sq = tl.zeros((BLOCK_T,), tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+        xt = tl.load(x_rows[:, None] + c[None, :] * stride_xc, mask=row_mask[:, None] & (c < C)[None, :], other=0.0)
+        xt = xt.to(tl.float32)
+        sq += tl.sum(xt * xt, axis=1)
+    return tl.sqrt_rn(sq)
+
+
+@triton.jit
+def _fwd_dot_step(acc, x_rows, stride_xc, row_mask, p_cols, stride_pc, k_mask, c0, C,
+                  BLOCK_C: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """acc += x[rows, c0:c0+BLOCK_C] @ p[k, c0:c0+BLOCK_C]^T, fp32 accumulation (masked, int64 offsets)."""
+    c = (c0 + tl.arange(0, BLOCK_C)).to(tl.int64)
+    c_mask = c < C
+    xt = tl.load(x_rows[:, None] + c[None, :] * stride_xc, mask=row_mask[:, None] & c_mask[None, :], other=0.0)
+    # prototypes as a (BLOCK_C, BLOCK_K) tile: the dot's right operand, no transpose
+    pt = tl.load(p_cols[None, :] + c[:, None] * stride_pc, mask=k_mask[None, :] & c_mask[:, None], other=0.0)
+    if UPCAST:
+        xt = xt.to(tl.float32)
+        pt = pt.to(tl.float32)
+    return tl.dot(xt, pt, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _fwd_lse_sweep(x_rows, stride_xc, row_mask, inv_x, p_ptr, stride_pk, stride_pc, p_norm_ptr, k_lo, k_hi, C,
+                   scale2, eps, BLOCK_T: tl.constexpr,
+                   BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Sweep 1 over prototypes [k_lo, k_hi): online log2-sum-exp2 of cos * scale2 and first argmax of cos.
+
+    Returns m, l (lse2 = m + log2(l)), best cos and its k, each (BLOCK_T,). The (K tile, C tile)
+    loop nest is one flat loop, so that the software pipeline keeps loading across K tiles.
+    """
+    m = tl.full((BLOCK_T,), float("-inf"), tl.float32)
+    l = tl.zeros((BLOCK_T,), tl.float32)
+    best = tl.full((BLOCK_T,), float("-inf"), tl.float32)
+    best_k = tl.zeros((BLOCK_T,), tl.int64)
+    acc = tl.zeros((BLOCK_T, BLOCK_K), tl.float32)
+    n_c = tl.cdiv(C, BLOCK_C)
+    for i in range(0, tl.cdiv(k_hi - k_lo, BLOCK_K) * n_c):
+        kt = i // n_c
+        k0 = k_lo + kt * BLOCK_K
+        k = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        k_mask = k < k_hi
+        acc = _fwd_dot_step(acc, x_rows, stride_xc, row_mask, p_ptr + k * stride_pk, stride_pc, k_mask,
+                            (i - kt * n_c) * BLOCK_C, C, BLOCK_C, UPCAST, DOT_PRECISION)
+        if i - kt * n_c == n_c - 1:  # last C tile: the K tile's cosines are complete
+            inv_p = 1.0 / tl.maximum(tl.load(p_norm_ptr + k, mask=k_mask, other=1.0), eps)
+            cos = acc * inv_x[:, None] * inv_p[None, :]
+            cos = tl.where(k_mask[None, :], cos, float("-inf"))
+            z = cos * scale2
+            m_new = tl.maximum(m, tl.max(z, axis=1))
+            l = l * tl.exp2(m - m_new) + tl.sum(tl.exp2(z - m_new[:, None]), axis=1)
+            m = m_new
+            tile_best = tl.max(cos, axis=1)
+            tile_arg = tl.argmax(cos, axis=1, tie_break_left=True).to(tl.int64) + k0
+            better = tile_best > best  # strict: on a tie the earlier tile, i.e. the smaller k, keeps it
+            best = tl.where(better, tile_best, best)
+            best_k = tl.where(better, tile_arg, best_k)
+            acc = tl.zeros((BLOCK_T, BLOCK_K), tl.float32)
+    return m, l, best, best_k
+
+
+@triton.jit
+def _fwd_max_sweep(x_rows, stride_xc, row_mask, inv_x, p_ptr, stride_pk, stride_pc, p_norm_ptr, k_lo, k_hi, C,
+                   scale2, eps, lse2, t, keys_row_ptr, BLOCK_T: tl.constexpr,
+                   BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Sweep 2 over prototypes [k_lo, k_hi): this tile's max over its valid frames t of the packed
+    (u = log2 s, frame) key per prototype, merged into keys_row_ptr[k] by an atomic max."""
+    acc = tl.zeros((BLOCK_T, BLOCK_K), tl.float32)
+    n_c = tl.cdiv(C, BLOCK_C)
+    for i in range(0, tl.cdiv(k_hi - k_lo, BLOCK_K) * n_c):
+        kt = i // n_c
+        k = (k_lo + kt * BLOCK_K + tl.arange(0, BLOCK_K)).to(tl.int64)
+        k_mask = k < k_hi
+        acc = _fwd_dot_step(acc, x_rows, stride_xc, row_mask, p_ptr + k * stride_pk, stride_pc, k_mask,
+                            (i - kt * n_c) * BLOCK_C, C, BLOCK_C, UPCAST, DOT_PRECISION)
+        if i - kt * n_c == n_c - 1:
+            inv_p = 1.0 / tl.maximum(tl.load(p_norm_ptr + k, mask=k_mask, other=1.0), eps)
+            # u = log2 s = cos * log2(e) / tau - lse2 <= 0: the max is taken on u, never on exp2(u)
+            u = acc * inv_x[:, None] * inv_p[None, :] * scale2 - lse2[:, None]
+            key = tl.where(row_mask[:, None], _max_key(u, t[:, None]), _KEY_INIT)
+            tl.atomic_max(keys_row_ptr + k, tl.max(key, axis=0), mask=k_mask, sem="relaxed")
+            acc = tl.zeros((BLOCK_T, BLOCK_K), tl.float32)
+
+
+@triton.jit
+def _fwd_tile(b, pid_t, lengths_ptr, T, BLOCK_T: tl.constexpr):
+    """Frames t (int64) of tile pid_t of utterance b, in_T and valid masks, and whether the tile is all padding.
+
+    The length is clamped to [1, T] here: on CUDA the host checks lengths without a sync
+    (torch._assert_async), so a bad length must not lead any index out of range before that fires.
+    """
+    length = tl.minimum(tl.maximum(tl.load(lengths_ptr + b), 1), T)
+    t = pid_t.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    return t, t < T, t < length, pid_t * BLOCK_T >= length
+
+
+# restore_value: autotuning launches every config many times into the same keys, and an atomic max
+# keeps the largest of their (differently rounded) keys unless the INT64_MIN start is restored
+# before each launch (reset_to_zero would restore 0, which is above many real keys).
+@triton.autotune(configs=FWD_CONFIGS, key=["K", "C", "ROWS_BUCKET", "DOT_PRECISION"], prune_configs_by=FWD_PRUNE,
+                 restore_value=["keys_ptr"])
 @triton.jit
 def _prototype_mil_fwd(
     x_ptr,
@@ -150,78 +314,182 @@ def _prototype_mil_fwd(
     stride_pk,
     stride_pc,
     lengths_ptr,  # (B,) int64
-    x_norm_ptr,  # (B, T) fp32 |x|, contiguous
+    x_norm_ptr,  # out (B, T) fp32, contiguous: |x| (0 on padding)
     p_norm_ptr,  # (K,) fp32 |p|
     lse2_ptr,  # out (B, T) fp32, contiguous: log2-sum-exp2 over k of cos * log2(e) / tau (0 on padding)
     nearest_ptr,  # out (B, T) int64, contiguous
-    keys_ptr,  # in/out (B, K) int64, contiguous, zero-initialised: packed (s, frame) maxima
+    keys_ptr,  # in/out (B, K) int64, contiguous, INT64_MIN-initialised: packed (u, frame) maxima
     T,
     K,
     C,
     scale2,  # log2(e) / tau
     eps,
+    ROWS_BUCKET,  # next power of two of B * T: an autotune key only
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """Grid (B, cdiv(T, BLOCK_T)): lse and nearest of BLOCK_T frames, then their share of the max over t."""
+    """Grid (B, cdiv(T, BLOCK_T)): |x|, lse and nearest of BLOCK_T frames, then their share of the max over t.
+
+    Frame tiles vary fastest along grid axis 1, so the tiles of padding (which only write their
+    padding statistics and exit) gather at the end of the launch.
+    """
     b = tl.program_id(0).to(tl.int64)  # axis 0: up to 2**31 - 1 utterances
     pid_t = tl.program_id(1)
-    length = tl.load(lengths_ptr + b)
-    t = pid_t.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
-    in_T = t < T
-    valid = t < length
+    t, in_T, valid, empty = _fwd_tile(b, pid_t, lengths_ptr, T, BLOCK_T)
     stat_offsets = b * T + t
-    if pid_t * BLOCK_T >= length:
+    if empty:
         # A tile of padding only: no similarity is computed, nothing in it can win a max.
         tl.store(nearest_ptr + stat_offsets, tl.full((BLOCK_T,), -1, tl.int64), mask=in_T)
         tl.store(lse2_ptr + stat_offsets, tl.zeros((BLOCK_T,), tl.float32), mask=in_T)
+        tl.store(x_norm_ptr + stat_offsets, tl.zeros((BLOCK_T,), tl.float32), mask=in_T)
     else:
         x_rows = x_ptr + b * stride_xb + t * stride_xt
-        x_norm = tl.load(x_norm_ptr + stat_offsets, mask=valid, other=1.0)
+        x_norm = _fwd_row_norm(x_rows, stride_xc, valid, C, BLOCK_T, BLOCK_C)
+        tl.store(x_norm_ptr + stat_offsets, x_norm, mask=in_T)  # padding rows were loaded as 0
         inv_x = 1.0 / tl.maximum(x_norm, eps)
+        m, l, best, best_k = _fwd_lse_sweep(x_rows, stride_xc, valid, inv_x, p_ptr, stride_pk, stride_pc, p_norm_ptr,
+                                            0, K, C, scale2, eps, BLOCK_T, BLOCK_K, BLOCK_C, UPCAST, DOT_PRECISION)
+        lse2 = m + tl.log2(l)
+        tl.store(lse2_ptr + stat_offsets, tl.where(valid, lse2, 0.0), mask=in_T)
+        tl.store(nearest_ptr + stat_offsets, tl.where(valid, best_k, -1), mask=in_T)
+        _fwd_max_sweep(x_rows, stride_xc, valid, inv_x, p_ptr, stride_pk, stride_pc, p_norm_ptr, 0, K, C, scale2, eps,
+                       lse2, t, keys_ptr + b * K, BLOCK_T, BLOCK_K, BLOCK_C, UPCAST, DOT_PRECISION)
 
-        # Sweep 1: online log-sum-exp over K (base 2) and the first argmax of cos.
+
+@triton.autotune(configs=FWD_SPLIT_CONFIGS, key=["K", "C", "K_SLICE", "ROWS_BUCKET", "DOT_PRECISION"],
+                 prune_configs_by=FWD_SPLIT_PRUNE)
+@triton.jit
+def _prototype_mil_fwd_split_lse(
+    x_ptr,
+    stride_xb,
+    stride_xt,
+    stride_xc,
+    p_ptr,
+    stride_pk,
+    stride_pc,
+    lengths_ptr,  # (B,) int64
+    x_norm_ptr,  # out (B, T) fp32, contiguous (written by slice 0)
+    p_norm_ptr,  # (K,) fp32
+    part_ptr,  # out (S, 3, B, T) fp32, contiguous: per slice m, l and the best cos
+    part_k_ptr,  # out (S, B, T) int64, contiguous: per slice the first argmax of cos
+    B,
+    T,
+    K,
+    C,
+    K_SLICE,  # prototypes per slice
+    scale2,
+    eps,
+    ROWS_BUCKET,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Split-K launch 1, grid (B, cdiv(T, BLOCK_T), S): sweep 1 over one slice of K_SLICE prototypes."""
+    b = tl.program_id(0).to(tl.int64)
+    pid_t = tl.program_id(1)
+    s = tl.program_id(2).to(tl.int64)
+    t, in_T, valid, empty = _fwd_tile(b, pid_t, lengths_ptr, T, BLOCK_T)
+    stat_offsets = b * T + t
+    if empty:
+        if s == 0:
+            tl.store(x_norm_ptr + stat_offsets, tl.zeros((BLOCK_T,), tl.float32), mask=in_T)
+    else:
+        x_rows = x_ptr + b * stride_xb + t * stride_xt
+        x_norm = _fwd_row_norm(x_rows, stride_xc, valid, C, BLOCK_T, BLOCK_C)
+        if s == 0:
+            tl.store(x_norm_ptr + stat_offsets, x_norm, mask=in_T)
+        inv_x = 1.0 / tl.maximum(x_norm, eps)
+        k_lo = s * K_SLICE
+        m, l, best, best_k = _fwd_lse_sweep(x_rows, stride_xc, valid, inv_x, p_ptr, stride_pk, stride_pc, p_norm_ptr,
+                                            k_lo, tl.minimum(k_lo + K_SLICE, K), C, scale2, eps,
+                                            BLOCK_T, BLOCK_K, BLOCK_C, UPCAST, DOT_PRECISION)
+        BT = B * T
+        part = part_ptr + s * 3 * BT + stat_offsets
+        tl.store(part, m, mask=in_T)
+        tl.store(part + BT, l, mask=in_T)
+        tl.store(part + 2 * BT, best, mask=in_T)
+        tl.store(part_k_ptr + s * BT + stat_offsets, best_k, mask=in_T)
+
+
+@triton.autotune(configs=FWD_SPLIT_CONFIGS, key=["K", "C", "K_SLICE", "ROWS_BUCKET", "DOT_PRECISION"],
+                 prune_configs_by=FWD_SPLIT_PRUNE, restore_value=["keys_ptr"])
+@triton.jit
+def _prototype_mil_fwd_split_max(
+    x_ptr,
+    stride_xb,
+    stride_xt,
+    stride_xc,
+    p_ptr,
+    stride_pk,
+    stride_pc,
+    lengths_ptr,  # (B,) int64
+    x_norm_ptr,  # (B, T) fp32, contiguous, from launch 1
+    p_norm_ptr,  # (K,) fp32
+    part_ptr,  # (S, 3, B, T) fp32 from launch 1
+    part_k_ptr,  # (S, B, T) int64 from launch 1
+    lse2_ptr,  # out (B, T) fp32, contiguous (written by slice 0)
+    nearest_ptr,  # out (B, T) int64, contiguous (written by slice 0)
+    keys_ptr,  # in/out (B, K) int64, contiguous, INT64_MIN-initialised
+    B,
+    T,
+    K,
+    C,
+    K_SLICE,
+    S,  # number of slices
+    scale2,
+    eps,
+    ROWS_BUCKET,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Split-K launch 2, grid (B, cdiv(T, BLOCK_T), S): merge the slices' partial log-sum-exps (as
+    flash-decoding does), then sweep 2 over one slice. Slices merge in order, so ties keep the smaller k."""
+    b = tl.program_id(0).to(tl.int64)
+    pid_t = tl.program_id(1)
+    s = tl.program_id(2).to(tl.int64)
+    t, in_T, valid, empty = _fwd_tile(b, pid_t, lengths_ptr, T, BLOCK_T)
+    stat_offsets = b * T + t
+    if empty:
+        if s == 0:
+            tl.store(nearest_ptr + stat_offsets, tl.full((BLOCK_T,), -1, tl.int64), mask=in_T)
+            tl.store(lse2_ptr + stat_offsets, tl.zeros((BLOCK_T,), tl.float32), mask=in_T)
+    else:
+        BT = B * T
         m = tl.full((BLOCK_T,), float("-inf"), tl.float32)
         l = tl.zeros((BLOCK_T,), tl.float32)
         best = tl.full((BLOCK_T,), float("-inf"), tl.float32)
         best_k = tl.zeros((BLOCK_T,), tl.int64)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = k < K
-            inv_p = 1.0 / tl.maximum(tl.load(p_norm_ptr + k, mask=k_mask, other=1.0), eps)
-            cos = _cosine_tile(x_rows, stride_xc, valid, inv_x, p_ptr, stride_pk, stride_pc, k, k_mask, inv_p, C,
-                               BLOCK_C, UPCAST, DOT_PRECISION)
-            cos = tl.where(k_mask[None, :], cos, float("-inf"))
-            z = cos * scale2
-            m_new = tl.maximum(m, tl.max(z, axis=1))
-            l = l * tl.exp2(m - m_new) + tl.sum(tl.exp2(z - m_new[:, None]), axis=1)
+        for j in range(0, S):
+            part = part_ptr + j * 3 * BT + stat_offsets
+            m_j = tl.load(part, mask=valid, other=0.0)
+            l_j = tl.load(part + BT, mask=valid, other=1.0)
+            best_j = tl.load(part + 2 * BT, mask=valid, other=0.0)
+            k_j = tl.load(part_k_ptr + j * BT + stat_offsets, mask=valid, other=0)
+            m_new = tl.maximum(m, m_j)
+            l = l * tl.exp2(m - m_new) + l_j * tl.exp2(m_j - m_new)
             m = m_new
-            tile_best = tl.max(cos, axis=1)
-            tile_arg = tl.argmax(cos, axis=1, tie_break_left=True).to(tl.int64) + k0
-            # strict >: on a tie the earlier tile, i.e. the smaller k, keeps it
-            better = tile_best > best
-            best = tl.where(better, tile_best, best)
-            best_k = tl.where(better, tile_arg, best_k)
+            better = best_j > best
+            best = tl.where(better, best_j, best)
+            best_k = tl.where(better, k_j, best_k)
         lse2 = m + tl.log2(l)
-        tl.store(lse2_ptr + stat_offsets, tl.where(valid, lse2, 0.0), mask=in_T)
-        tl.store(nearest_ptr + stat_offsets, tl.where(valid, best_k, -1), mask=in_T)
-
-        # Sweep 2: s = softmax over K (eq. 2), then this tile's max over valid frames per prototype.
-        frame_code = (-t + _FRAME_CODE_BASE)[:, None]  # tensor + constexpr: a tensor, also when interpreted
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = k < K
-            inv_p = 1.0 / tl.maximum(tl.load(p_norm_ptr + k, mask=k_mask, other=1.0), eps)
-            cos = _cosine_tile(x_rows, stride_xc, valid, inv_x, p_ptr, stride_pk, stride_pc, k, k_mask, inv_p, C,
-                               BLOCK_C, UPCAST, DOT_PRECISION)
-            s = tl.exp2(cos * scale2 - lse2[:, None])
-            # s >= 0, so its fp32 bits order like the values; padding gets key 0, below every frame.
-            key = (s.to(tl.int32, bitcast=True).to(tl.int64) << 32) | frame_code
-            key = tl.where(valid[:, None], key, 0)
-            tl.atomic_max(keys_ptr + b * K + k, tl.max(key, axis=0), mask=k_mask)
+        if s == 0:
+            tl.store(lse2_ptr + stat_offsets, tl.where(valid, lse2, 0.0), mask=in_T)
+            tl.store(nearest_ptr + stat_offsets, tl.where(valid, best_k, -1), mask=in_T)
+        x_rows = x_ptr + b * stride_xb + t * stride_xt
+        x_norm = tl.load(x_norm_ptr + stat_offsets, mask=valid, other=1.0)
+        inv_x = 1.0 / tl.maximum(x_norm, eps)
+        k_lo = s * K_SLICE
+        _fwd_max_sweep(x_rows, stride_xc, valid, inv_x, p_ptr, stride_pk, stride_pc, p_norm_ptr,
+                       k_lo, tl.minimum(k_lo + K_SLICE, K), C, scale2, eps, lse2, t, keys_ptr + b * K,
+                       BLOCK_T, BLOCK_K, BLOCK_C, UPCAST, DOT_PRECISION)
 
 
 @triton.jit

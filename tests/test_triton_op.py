@@ -319,8 +319,8 @@ def test_deterministic_mode_is_bit_identical(monkeypatch):
 
 def test_forward_autotuning_leaves_no_stale_maxima(monkeypatch):
     # On a GPU the first call per tuning key benchmarks every config (many launches each) into the
-    # same zero-initialised keys before the real launch; the atomic max keeps the largest key any of
-    # them wrote, so unless keys are reset before every launch the result is the max over all the
+    # same INT64_MIN-initialised keys before the real launch; the atomic max keeps the largest key any
+    # of them wrote, so unless keys are restored before every launch the result is the max over all the
     # configs' roundings, not the chosen config's. The interpreter has one config and never
     # benchmarks: a two-config tuner over the same kernel and reset list reproduces it, the slower
     # config's run bumping every stored s by one ulp (what a different summation order may do).
@@ -342,7 +342,8 @@ def test_forward_autotuning_leaves_no_stale_maxima(monkeypatch):
 
     blocks = dict(fwd.configs[0].kwargs)
     configs = [triton.Config(dict(blocks)), triton.Config(dict(blocks), pre_hook=lambda a: seen.append(a["keys_ptr"]))]
-    tuner = triton.autotune(configs, key=["K"], reset_to_zero=list(fwd.reset_to_zero) or None, do_bench=bench)(fwd.fn)
+    tuner = triton.autotune(configs, key=["K"], reset_to_zero=list(fwd.reset_to_zero) or None,
+                            restore_value=list(fwd.restore_value) or None, do_bench=bench)(fwd.fn)
     monkeypatch.setattr(kernels, "_prototype_mil_fwd", tuner)
     tuned = triton_op.prototype_mil_forward(x, p, lengths, 0.5)
     assert len(benched) == 2 and tuner.best_config is configs[0]

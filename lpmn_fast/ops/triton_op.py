@@ -20,6 +20,7 @@ keeps the op as one opaque node, including the Fisher accumulator the backward m
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Optional
 
@@ -34,6 +35,12 @@ from .reference import EPS
 # Rows per backward chunk: R * (K + C) <= 2**23 elements, so the dcos tile (R, K) and the gathered
 # unit frames (R, C) take at most 32 MB (fp32; half that for bf16 dcos) whatever B and T are.
 CHUNK_ELEMENTS = 1 << 23
+
+
+def launch_device(x: Tensor):
+    """Context in which to launch kernels on x's device: Triton launches on the current CUDA device,
+    so a tensor on cuda:1 needs torch.cuda.device(1) around the launch (no-op off CUDA)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def _alloc(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, zero: bool = False) -> Tensor:
@@ -99,41 +106,98 @@ def _mm_f32(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _unpack_maxima(keys: Tensor) -> tuple[Tensor, Tensor]:
-    """Packed (s bits << 32 | INT32_MAX - t) keys (B, K) -> pooled fp32 (B, K), frame_index int64 (B, K)."""
-    pooled = (keys >> 32).to(torch.int32).view(torch.float32)
+    """Packed (ordered u bits << 32 | INT32_MAX - t) keys (B, K) -> pooled fp32 (B, K), frame_index int64 (B, K).
+
+    Undoes the kernels' order-preserving map (negative floats have their magnitude bits flipped)
+    to get u = log2 s back bit for bit, then pooled = exp2(u) in torch, which keeps subnormal s.
+    """
+    ordered = (keys >> 32).to(torch.int32)
+    bits = torch.where(ordered < 0, ordered ^ 0x7FFFFFFF, ordered)
+    pooled = torch.exp2(bits.view(torch.float32))
     frame_index = kernels.INT32_MAX - (keys & 0xFFFFFFFF)
     return pooled, frame_index
+
+
+def _rows_bucket(rows: int) -> int:
+    """Next power of two of the row count: the autotune key, so that a tiny first call does not pick
+    the config of every later size, while varying lengths do not retune every call."""
+    return 1 << max(0, rows - 1).bit_length()
+
+
+@functools.cache
+def _multiprocessor_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _split_slices(B: int, T: int, K: int, device: torch.device) -> int:
+    """Prototype slices for the forward: 1 (one fused launch) unless the frame-tile grid would leave
+    SMs idle (small batches: inference, streaming), then enough slices of SPLIT_K_GRANULE-multiple
+    width to give every SM a program. Decided from shapes and the device's SM count, no sync; the
+    CPU interpreter never splits on its own (tests force it through this function)."""
+    if device.type != "cuda":
+        return 1
+    sms = _multiprocessor_count(device)
+    programs = B * triton.cdiv(T, kernels.SPLIT_BLOCK_T)
+    if programs >= sms:
+        return 1
+    want = triton.cdiv(sms, programs)
+    return triton.cdiv(K, _slice_width(K, want))
+
+
+def _slice_width(K: int, slices: int) -> int:
+    """Width of each of (at most) ``slices`` prototype slices, rounded up to SPLIT_K_GRANULE."""
+    granule = kernels.SPLIT_K_GRANULE
+    return triton.cdiv(triton.cdiv(K, slices), granule) * granule
 
 
 def prototype_mil_forward(
     x: Tensor, prototypes: Tensor, lengths: Tensor, tau: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Fused forward on validated inputs.
+    """Fused forward on validated inputs, with no host synchronisation.
 
-    x: (B, T, C) frame features (any strides); prototypes: (K, C); lengths: (B,) int64 in [1, T];
-    dtypes float16/bfloat16/float32. Returns pooled (B, K) in x's dtype, frame_index (B, K) int64,
+    x: (B, T, C) frame features (any strides); prototypes: (K, C); lengths: (B,) int64 in [1, T]
+    (the kernels clamp to that range: on CUDA the check is asynchronous); dtypes
+    float16/bfloat16/float32. Returns pooled (B, K) in x's dtype, frame_index (B, K) int64,
     nearest (B, T) int64, and the statistics the backward reads: pooled fp32 (B, K), lse2 (B, T)
-    fp32 (log2-sum-exp2 over k of cos * log2(e) / tau), |x| (B, T) fp32 and |p| (K,) fp32.
+    fp32 (log2-sum-exp2 over k of cos * log2(e) / tau), |x| (B, T) fp32 (0 on padding) and
+    |p| (K,) fp32.
+
+    One launch; two (split-K: partial log-sum-exps per prototype slice, then the merge and the
+    max) when the frame tiles alone would leave SMs idle, see :func:`_split_slices`.
     """
     B, T, C = x.shape
     K = prototypes.shape[0]
     device = x.device
     lengths = lengths.contiguous()
-    # fp32 norms of the rows as they are, no fp32 copy of x (cos = x.p / (|x| |p|), eq. 2)
-    x_norm = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).contiguous()
     p_norm = torch.linalg.vector_norm(prototypes, dim=-1, dtype=torch.float32).contiguous()
+    x_norm = _alloc((B, T), torch.float32, device)  # written by the kernel (fused into sweep 1)
     lse2 = _alloc((B, T), torch.float32, device)
     nearest = _alloc((B, T), torch.int64, device)
-    keys = _alloc((B, K), torch.int64, device, zero=True)  # 0 is below every frame's key
-
-    def grid(meta):
-        return (B, triton.cdiv(T, meta["BLOCK_T"]))
-
-    kernels._prototype_mil_fwd[grid](
-        x, *x.stride(), prototypes, *prototypes.stride(), lengths, x_norm, p_norm, lse2, nearest, keys,
-        T, K, C, kernels.LOG2E / tau, EPS,
-        UPCAST=kernels.INTERPRET, DOT_PRECISION=_dot_precision(x.dtype),
-    )
+    keys = _alloc((B, K), torch.int64, device)
+    keys.fill_(kernels.INT64_MIN)  # below every real frame's key
+    common = dict(UPCAST=kernels.INTERPRET, DOT_PRECISION=_dot_precision(x.dtype))
+    scale2, rows_bucket = kernels.LOG2E / tau, _rows_bucket(B * T)
+    slices = _split_slices(B, T, K, device)
+    with launch_device(x):
+        if slices <= 1:
+            kernels._prototype_mil_fwd[lambda meta: (B, triton.cdiv(T, meta["BLOCK_T"]))](
+                x, *x.stride(), prototypes, *prototypes.stride(), lengths, x_norm, p_norm, lse2, nearest, keys,
+                T, K, C, scale2, EPS, rows_bucket, **common,
+            )
+        else:
+            width = _slice_width(K, slices)
+            slices = triton.cdiv(K, width)
+            part = _alloc((slices, 3, B, T), torch.float32, device)
+            part_k = _alloc((slices, B, T), torch.int64, device)
+            grid = lambda meta: (B, triton.cdiv(T, meta["BLOCK_T"]), slices)  # noqa: E731
+            kernels._prototype_mil_fwd_split_lse[grid](
+                x, *x.stride(), prototypes, *prototypes.stride(), lengths, x_norm, p_norm, part, part_k,
+                B, T, K, C, width, scale2, EPS, rows_bucket, **common,
+            )
+            kernels._prototype_mil_fwd_split_max[grid](
+                x, *x.stride(), prototypes, *prototypes.stride(), lengths, x_norm, p_norm, part, part_k, lse2,
+                nearest, keys, B, T, K, C, width, slices, scale2, EPS, rows_bucket, **common,
+            )
     pooled32, frame_index = _unpack_maxima(keys)
     pooled = pooled32.to(x.dtype, copy=True)  # never an alias of pooled32 (a custom op may not return one)
     return pooled, frame_index, nearest, pooled32, lse2, x_norm, p_norm
