@@ -1,7 +1,7 @@
 """Triton kernels of the prototype-MIL op (paper eq. 2 + MIL max over time) and their autotune configs.
 
 Ships as ``lpmn_fast.kernels.prototype_mil``; launched by ``lpmn_fast.ops.triton_op``, which holds
-the shape checks, the host-side GEMMs and the autograd wiring. No kernel ever writes a (B, T, K)
+the shape checks, the launches and the autograd wiring. No kernel ever writes a (B, T, K)
 tensor: similarity tiles live in registers and are recomputed where needed.
 
 * ``_prototype_mil_fwd``: per (utterance, frame tile), two sweeps over the K prototypes. Sweep 1: the
@@ -9,11 +9,17 @@ tensor: similarity tiles live in registers and are recomputed where needed.
   Sweep 2: s = exp(cos / tau - lse), then the max over the tile's valid frames of a packed
   (s, frame) key, merged across T-tiles by an integer atomic max (order-independent, so exact and
   deterministic: larger s wins, ties go to the smallest t).
-* ``_prototype_mil_bwd_row_weight``: r[b, t] = sum over k with frame_index[b, k] = t of
-  dY[b, k] * Y[b, k] for the active frames (those that win some max); fixed summation order.
-* ``_prototype_mil_bwd_dcos``: over a chunk of active frames x K, recompute cos and s and write
-  dcos = s * ([frame_index = t] dY - r) / tau, the gradient at the similarities; the Fisher
-  term of eq. (4) is summed from the same tile (atomically, or into per-tile partials).
+* ``_prototype_mil_bwd_dcos``: per tile of active frames (those that win some max; compacted on the
+  device, their count read by the kernels, never by the host), the row weights
+  r[b, t] = sum over k with frame_index[b, k] = t of dY[b, k] * Y[b, k], then per K tile: recompute
+  cos and s, dcos = s * ([frame_index = t] dY - r) / tau, write D = S * dcos / max(|p_k|, eps) once
+  in x's dtype, and sum radial_x[r] = sum_k dcos * cos (registers), radial_p[k] = sum_r dcos * cos
+  (per-row-tile partials) and the Fisher term of eq. (4) (atomics, or partials if deterministic).
+* ``_prototype_mil_bwd_dx``: GEMM D @ P on the raw prototypes; epilogue
+  dx = acc / (S max(|x|, eps)) - radial_x x / |x|^2, stored straight into the frame's row of dx.
+* ``_prototype_mil_bwd_dp``: GEMM D^T @ xh (unit frames formed in registers from the raw rows);
+  epilogue dp = acc / S - radial_p p / |p|^2 on the last chunk.
+* ``_prototype_mil_bwd_zero_rows``: zeroes the dx rows of the frames that win no max.
 
 Every kernel computes the cosine as (x . p) / (max(|x|, eps) max(|p|, eps)) from fp32 norms, with
 an fp32 accumulator whatever the input dtype.
