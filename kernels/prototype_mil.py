@@ -318,9 +318,9 @@ def _prototype_mil_bwd_dcos(
     """
     pid = tl.program_id(0)
     n = _active_chunk_rows(count_ptr, start, R)
-    row0 = pid * BLOCK_R
+    row0 = pid.to(tl.int64) * BLOCK_R
     if row0 < n:
-        i = row0 + tl.arange(0, BLOCK_R).to(tl.int64)  # frame within the chunk
+        i = row0 + tl.arange(0, BLOCK_R)  # frame within the chunk (int64)
         row_mask = i < n
         row = tl.load(rows_ptr + start + i, mask=row_mask, other=0)
         b = row // T
@@ -419,9 +419,9 @@ def _prototype_mil_bwd_dx(
     pid_c = tl.program_id(0)
     pid_r = tl.program_id(1)
     n = _active_chunk_rows(count_ptr, start, R)
-    row0 = pid_r * BLOCK_R
+    row0 = pid_r.to(tl.int64) * BLOCK_R
     if row0 < n:
-        i = row0 + tl.arange(0, BLOCK_R).to(tl.int64)
+        i = row0 + tl.arange(0, BLOCK_R)
         row_mask = i < n
         c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
         c_mask = c < C

@@ -15,6 +15,7 @@ pytest.importorskip("triton", reason="the fused backend needs triton")
 
 from test_triton_op import (  # noqa: E402
     DEVICE,
+    ON_GPU,
     FP32_TOLS,
     REDUCED_TOLS,
     check_against_reference,
@@ -272,3 +273,65 @@ def test_zero_frame_with_chunks(tiny_chunks):
     torch.testing.assert_close(dx.cpu().double()[rest], dx_ref[rest], rtol=1e-4, atol=1e-4 * scale)
     torch.testing.assert_close(dp.double().cpu(), dp_ref, rtol=1e-4, atol=1e-4 * dp_ref.abs().max())
     torch.testing.assert_close(fisher.double().cpu(), fisher_ref, rtol=1e-4, atol=1e-4 * fisher_ref.abs().max())
+
+
+# ---- GPU only ---------------------------------------------------------------------------------
+
+
+def _forward_saved(x, p, lengths, tau):
+    _, frame_index, _, pooled32, lse2, x_norm, p_norm = triton_op.prototype_mil_forward(x, p, lengths, tau)
+    return frame_index, pooled32, lse2, x_norm, p_norm
+
+
+@pytest.mark.skipif(not ON_GPU, reason="CUDA graphs and the CUDA sync debug mode need a CUDA device")
+def test_backward_captures_in_a_cuda_graph_without_sync():
+    B, T, C, K = 4, 150, 96, 200
+    x, p, lengths, upstream = make_inputs((B, T, C, K), seed=22, dtype=torch.bfloat16)
+    saved = _forward_saved(x, p, lengths, 0.5)
+    fisher = torch.zeros(K, device=DEVICE)
+
+    def backward():
+        return triton_op.prototype_mil_backward(upstream, x, p, *saved, 0.5, fisher, True, True, True)
+
+    eager = backward()  # autotunes outside the capture
+    eager_fisher = fisher.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch.cuda.graph asks
+        backward()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    torch.cuda.set_sync_debug_mode("error")  # any device-to-host copy raises
+    try:
+        with torch.cuda.graph(graph):
+            static_dx, static_dp = backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    fisher.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_dx, eager[0]) and torch.equal(static_dp, eager[1])
+    assert torch.equal(fisher, eager_fisher)  # deterministic Fisher: bit-identical
+
+
+@pytest.mark.skipif(not ON_GPU or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_backward_on_second_device_while_first_is_current():
+    x, p, lengths, upstream = make_inputs((3, 70, 40, 90), seed=23, dtype=torch.bfloat16)
+    results = []
+    for device in ("cuda:0", "cuda:1"):
+        xd, pd, ld, ud = (t.to(device) for t in (x, p, lengths, upstream))
+        with torch.cuda.device(xd.device):
+            saved = _forward_saved(xd, pd, ld, 0.5)
+        assert torch.cuda.current_device() == 0
+        dx, dp = triton_op.prototype_mil_backward(ud, xd, pd, *saved, 0.5, None, True, True, True)
+        results.append((dx.cpu(), dp.cpu()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.skipif(not ON_GPU, reason="GPU tile sizes (64-128 frames, prototypes and features) need a CUDA device")
+@pytest.mark.parametrize("shape", [(2, 300, 1024, 1025), (3, 129, 1280, 1000)])
+def test_backward_across_gpu_tiles_bf16(shape):
+    # bf16 as in REDUCED_TOLS; lengths from make_inputs (ragged, the last one full)
+    x, p, lengths, upstream = make_inputs(shape, seed=24, dtype=torch.bfloat16)
+    out, dx, dp, fisher = run_op(x, p, lengths, 0.5, upstream)
+    check_against_reference(out, dx, dp, fisher, x, p, lengths, 0.5, upstream, REDUCED_TOLS[torch.bfloat16])
