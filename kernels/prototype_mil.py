@@ -1,7 +1,7 @@
 """Triton kernels of the prototype-MIL op (paper eq. 2 + MIL max over time) and their autotune configs.
 
 Ships as ``lpmn_fast.kernels.prototype_mil``; launched by ``lpmn_fast.ops.triton_op``, which holds
-the shape checks, the host-side GEMMs and the autograd wiring. No kernel ever writes a (B, T, K)
+the shape checks, the launches and the autograd wiring. No kernel ever writes a (B, T, K)
 tensor: similarity tiles live in registers and are recomputed where needed.
 
 * ``_prototype_mil_fwd``: per (utterance, frame tile), two sweeps over the K prototypes. Sweep 1: the
@@ -9,11 +9,17 @@ tensor: similarity tiles live in registers and are recomputed where needed.
   Sweep 2: s = exp(cos / tau - lse), then the max over the tile's valid frames of a packed
   (s, frame) key, merged across T-tiles by an integer atomic max (order-independent, so exact and
   deterministic: larger s wins, ties go to the smallest t).
-* ``_prototype_mil_bwd_row_weight``: r[b, t] = sum over k with frame_index[b, k] = t of
-  dY[b, k] * Y[b, k] for the active frames (those that win some max); fixed summation order.
-* ``_prototype_mil_bwd_dcos``: over a chunk of active frames x K, recompute cos and s and write
-  dcos = s * ([frame_index = t] dY - r) / tau, the gradient at the similarities; the Fisher
-  term of eq. (4) is summed from the same tile (atomically, or into per-tile partials).
+* ``_prototype_mil_bwd_dcos``: per tile of active frames (those that win some max; compacted on the
+  device, their count read by the kernels, never by the host), the row weights
+  r[b, t] = sum over k with frame_index[b, k] = t of dY[b, k] * Y[b, k], then per K tile: recompute
+  cos and s, dcos = s * ([frame_index = t] dY - r) / tau, write D = S * dcos / max(|p_k|, eps) once
+  in x's dtype, and sum radial_x[r] = sum_k dcos * cos (registers), radial_p[k] = sum_r dcos * cos
+  (per-row-tile partials) and the Fisher term of eq. (4) (atomics, or partials if deterministic).
+* ``_prototype_mil_bwd_dx``: GEMM D @ P on the raw prototypes; epilogue
+  dx = acc / (S max(|x|, eps)) - radial_x x / |x|^2, stored straight into the frame's row of dx.
+* ``_prototype_mil_bwd_dp``: GEMM D^T @ xh (unit frames formed in registers from the raw rows);
+  epilogue dp = acc / S - radial_p p / |p|^2 on the last chunk.
+* ``_prototype_mil_bwd_zero_rows``: zeroes the dx rows of the frames that win no max.
 
 Every kernel computes the cosine as (x . p) / (max(|x|, eps) max(|p|, eps)) from fp32 norms, with
 an fp32 accumulator whatever the input dtype.
@@ -129,22 +135,49 @@ FWD_SPLIT_CONFIGS, FWD_SPLIT_PRUNE = _fwd_configs(
     [(SPLIT_BLOCK_T, 64, 16, 4, 3), (SPLIT_BLOCK_T, 64, 32, 4, 3)],
 )
 
-# The dcos kernel: a GEMM tile (active frames x prototypes) with an elementwise epilogue.
+# Backward. Every kernel's grid is fixed by the shapes (B, T, K, C and the chunk size), never by the
+# number of active frames, which only the device knows: programs past it exit at once. So nothing in
+# the backward waits for the host, and forward + backward can be captured in a CUDA graph.
+#
+# The dcos kernel: per tile of BLOCK_R active frames, a loop over all K prototypes (GEMM tile over C
+# plus an elementwise epilogue), so the per-frame sum radial_x is complete in registers.
 BWD_DCOS_CONFIGS, BWD_DCOS_PRUNE = _configs(
     ("BLOCK_R", "BLOCK_K", "BLOCK_C"),
     (16, 16, 32, 4, 1),
     [(64, 64, 64, 4, 3), (64, 64, 32, 4, 4), (128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (128, 128, 64, 8, 3),
-     (128, 128, 32, 8, 4)],
-    [(64, 64, 32, 4, 3), (64, 64, 16, 4, 3), (64, 128, 16, 8, 3), (32, 64, 32, 4, 3), (64, 128, 64, 8, 3)],
+     (128, 64, 32, 8, 4)],
+    [(64, 64, 32, 4, 3), (64, 64, 16, 4, 3), (64, 128, 16, 8, 3), (32, 64, 32, 4, 3)],
 )
 
-# The row-weight kernel only streams (B, K) tables; one config.
-ROW_WEIGHT_BLOCK_R = 16 if INTERPRET else 32
-ROW_WEIGHT_BLOCK_K = 32 if INTERPRET else 128
+# dx = D @ P over a chunk of active frames: output tile BLOCK_R frames x BLOCK_C features, reduction
+# over K in steps of BLOCK_K.
+BWD_DX_CONFIGS, BWD_DX_PRUNE = _configs(
+    ("BLOCK_R", "BLOCK_K", "BLOCK_C"),
+    (16, 16, 32, 4, 1),
+    [(128, 64, 128, 8, 3), (128, 64, 64, 4, 3), (64, 64, 128, 4, 3), (64, 64, 64, 4, 4), (128, 32, 128, 8, 4)],
+    [(64, 16, 64, 4, 3), (32, 32, 64, 4, 3), (64, 32, 32, 4, 3)],
+)
 
-# Smallest row tile of any dcos config: the host sizes the deterministic Fisher partials for it, so
-# whichever config autotuning picks writes inside them (unwritten rows stay zero).
+# dp = D^T @ xh over a chunk: output tile BLOCK_K prototypes x BLOCK_C features, reduction over the
+# chunk's active frames in steps of BLOCK_R.
+BWD_DP_CONFIGS, BWD_DP_PRUNE = _configs(
+    ("BLOCK_R", "BLOCK_K", "BLOCK_C"),
+    (16, 16, 32, 4, 1),
+    [(64, 128, 128, 8, 3), (64, 64, 128, 4, 3), (32, 128, 128, 8, 4), (64, 64, 64, 4, 3), (32, 64, 64, 4, 4)],
+    [(16, 64, 64, 4, 3), (32, 32, 64, 4, 3), (32, 64, 32, 4, 3)],
+)
+
+# Zeroing the rows of dx that win no max only streams stores; one config.
+ZERO_ROWS_BLOCK_R = 16 if INTERPRET else 32
+ZERO_ROWS_BLOCK_C = 32 if INTERPRET else 256
+
+# Smallest and largest row tile of any dcos config. The host sizes the per-row-tile partial sums
+# (radial_p, deterministic Fisher) in slots of MIN_BLOCK_R frames, so whichever config autotuning
+# picks writes inside them (unwritten slots stay zero); chunks hold a multiple of MAX_BLOCK_R frames
+# so that the slots of consecutive chunks never overlap.
 MIN_BLOCK_R = min(c.kwargs["BLOCK_R"] for c in BWD_DCOS_CONFIGS)
+MAX_BLOCK_R = max(c.kwargs["BLOCK_R"] for c in BWD_DCOS_CONFIGS)
+_MIN_BLOCK_R = tl.constexpr(MIN_BLOCK_R)
 
 
 @triton.jit
@@ -493,40 +526,13 @@ def _prototype_mil_fwd_split_max(
 
 
 @triton.jit
-def _prototype_mil_bwd_row_weight(
-    rows_ptr,  # (N,) int64 active frames as b * T + t, increasing
-    r_ptr,  # out (N,) fp32
-    frame_index_ptr,  # (B, K) int32, contiguous
-    dpooled_ptr,
-    stride_gb,
-    stride_gk,
-    pooled_ptr,  # (B, K) fp32 pooled, contiguous
-    N,
-    T,
-    K,
-    BLOCK_R: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """Grid (cdiv(N, BLOCK_R),): r = sum over the prototypes frame t wins of dY * Y, in fixed order."""
-    i = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_mask = i < N
-    row = tl.load(rows_ptr + i, mask=row_mask, other=0)
-    b = row // T
-    t = (row - b * T).to(tl.int32)
-    bk = (b * K).to(tl.int32)
-    r = tl.zeros((BLOCK_R,), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        mask = row_mask[:, None] & (k < K)[None, :]
-        wins = tl.load(frame_index_ptr + bk[:, None] + k[None, :], mask=mask, other=-1) == t[:, None]
-        dy = tl.load(dpooled_ptr + b[:, None] * stride_gb + k[None, :] * stride_gk, mask=mask & wins, other=0.0)
-        y = tl.load(pooled_ptr + bk[:, None] + k[None, :], mask=mask & wins, other=0.0)
-        r += tl.sum(dy.to(tl.float32) * y, axis=1)
-    tl.store(r_ptr + i, r, mask=row_mask)
+def _active_chunk_rows(count_ptr, start, R):
+    """Active frames in the chunk [start, start + R) of the compacted list, read on the device."""
+    return tl.minimum(tl.maximum(tl.load(count_ptr) - start, 0), R)
 
 
-@triton.autotune(configs=BWD_DCOS_CONFIGS, key=["K", "C", "DOT_PRECISION"], prune_configs_by=BWD_DCOS_PRUNE,
-                 reset_to_zero=["fisher_ptr"])
+@triton.autotune(configs=BWD_DCOS_CONFIGS, key=["K", "C", "rows_bucket", "HAS_FISHER", "DOT_PRECISION"],
+                 prune_configs_by=BWD_DCOS_PRUNE, reset_to_zero=["fisher_ptr", "radial_p_ptr"])
 @triton.jit
 def _prototype_mil_bwd_dcos(
     x_ptr,
@@ -536,18 +542,24 @@ def _prototype_mil_bwd_dcos(
     p_ptr,
     stride_pk,
     stride_pc,
-    rows_ptr,  # (n,) int64 active frames b * T + t of this chunk
-    r_ptr,  # (n,) fp32 row weights of this chunk
+    rows_ptr,  # (>= start + R,) int64 active frames b * T + t, increasing; entries past count unused
+    count_ptr,  # (1,) int64 number of active frames
     x_norm_ptr,  # (B, T) fp32, contiguous
     p_norm_ptr,  # (K,) fp32
     lse2_ptr,  # (B, T) fp32, contiguous, from the forward
-    frame_index_ptr,  # (B, K) int32, contiguous
+    frame_index_ptr,  # (B, K) int64, contiguous
     dpooled_ptr,
     stride_gb,
     stride_gk,
-    dcos_ptr,  # out (n, K), contiguous, in the dtype of the GEMMs that consume it
-    fisher_ptr,  # out: (K,) fp32 zeroed, atomically added to; or (n_row_tiles, K) fp32 partials if DETERMINISTIC
-    n,
+    pooled_ptr,  # (B, K) fp32 pooled, contiguous
+    scale_ptr,  # (1,) fp32 power-of-two scale S of D (1 but for float16)
+    d_ptr,  # out (R, K), contiguous, x's dtype: D = S * dcos / max(|p_k|, eps)
+    radial_x_ptr,  # out (R,) fp32: sum over k of dcos * cos
+    radial_p_ptr,  # out (n_slots, K) fp32 zeroed: per row tile, sum over its frames of dcos * cos
+    fisher_ptr,  # out: (K,) fp32 zeroed, atomically added to; or (n_slots, K) fp32 zeroed partials if DETERMINISTIC
+    start,  # index of the chunk's first frame in the compacted list (a multiple of MAX_BLOCK_R)
+    R,  # frames per chunk
+    rows_bucket,  # next power of two of R: an autotuning key only
     T,
     K,
     C,
@@ -556,50 +568,257 @@ def _prototype_mil_bwd_dcos(
     eps,
     HAS_FISHER: tl.constexpr,
     DETERMINISTIC: tl.constexpr,
+    NEED_DX: tl.constexpr,
+    NEED_DP: tl.constexpr,
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """Grid (cdiv(n, BLOCK_R), cdiv(K, BLOCK_K)): dcos of BLOCK_R active frames x BLOCK_K prototypes."""
-    pid_r = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    # int32 offsets into the small tables (chunk x K, B x K); int64 ones into x (B*T*C may pass 2**31)
-    i = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    row_mask = i < n
-    row = tl.load(rows_ptr + i, mask=row_mask, other=0)
-    b = row // T
-    t = row - b * T
-    bk = (b * K).to(tl.int32)
-    t32 = t.to(tl.int32)
+    """Grid (cdiv(R, BLOCK_R),): dcos of BLOCK_R active frames x all K prototypes, and its row/column sums.
+
+    Per program: a prologue over K reads the (B, K) tables (frame_index, dY, pooled) for its frames
+    to form r; then per K tile it recomputes cos (C / BLOCK_C dots of a BLOCK_R x BLOCK_C tile of
+    x with a BLOCK_C x BLOCK_K tile of P) and s, and writes D (BLOCK_R x BLOCK_K, x's dtype).
+    Reads: x rows (BLOCK_R x C) once per K tile, all of P, the tables; writes D, radial_x, and one
+    K-row of radial_p / Fisher partials (or K atomics). Programs past the active count exit.
+    """
+    pid = tl.program_id(0)
+    n = _active_chunk_rows(count_ptr, start, R)
+    row0 = pid.to(tl.int64) * BLOCK_R
+    if row0 < n:
+        i = row0 + tl.arange(0, BLOCK_R)  # frame within the chunk (int64)
+        row_mask = i < n
+        row = tl.load(rows_ptr + start + i, mask=row_mask, other=0)
+        b = row // T
+        t = row - b * T
+        bK = b * K  # int64: B * K may pass 2**31
+        x_norm = tl.load(x_norm_ptr + row, mask=row_mask, other=1.0)
+        inv_x = 1.0 / tl.maximum(x_norm, eps)
+        lse2 = tl.load(lse2_ptr + row, mask=row_mask, other=0.0)
+        scale = tl.load(scale_ptr)
+
+        # r[b, t] = sum over the prototypes frame t wins of dY * Y, in fixed order
+        r = tl.zeros((BLOCK_R,), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            mask = row_mask[:, None] & (k < K)[None, :]
+            wins = tl.load(frame_index_ptr + bK[:, None] + k[None, :], mask=mask, other=-1) == t[:, None]
+            dy = tl.load(dpooled_ptr + b[:, None] * stride_gb + k[None, :] * stride_gk, mask=mask & wins, other=0.0)
+            y = tl.load(pooled_ptr + bK[:, None] + k[None, :], mask=mask & wins, other=0.0)
+            r += tl.sum(dy.to(tl.float32) * y, axis=1)
+
+        radial_x = tl.zeros((BLOCK_R,), tl.float32)
+        # partial-sum slot of this row tile, in units of the smallest row tile of any config
+        slot = (start + row0) // _MIN_BLOCK_R
+        if HAS_FISHER:
+            # eq. (4): ||dcos * d cos / d p_k||^2 = dcos^2 (|xh|^2 - cos^2) / max(|p_k|, eps)^2
+            xh_sq = x_norm * inv_x
+            xh_sq = xh_sq * xh_sq
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = k < K
+            mask = row_mask[:, None] & k_mask[None, :]
+            inv_p = 1.0 / tl.maximum(tl.load(p_norm_ptr + k, mask=k_mask, other=1.0), eps)
+            cos = _cosine_tile(x_ptr + b * stride_xb + t * stride_xt, stride_xc, row_mask, inv_x, p_ptr, stride_pk,
+                               stride_pc, k, k_mask, inv_p, C, BLOCK_C, UPCAST, DOT_PRECISION)
+            s = tl.exp2(cos * scale2 - lse2[:, None])
+            # d pooled[b, j] / d cos[b, t, k] = [f[b, j] = t] s_j (delta_jk - s_k) / tau, summed over j:
+            # dcos = s * ([f[b, k] = t] dY[b, k] - r[b, t]) / tau
+            wins = tl.load(frame_index_ptr + bK[:, None] + k[None, :], mask=mask, other=-1) == t[:, None]
+            dy = tl.load(dpooled_ptr + b[:, None] * stride_gb + k[None, :] * stride_gk, mask=mask & wins, other=0.0)
+            dcos = s * (dy.to(tl.float32) - r[:, None]) * inv_tau
+            dcos = tl.where(mask, dcos, 0.0)
+            if NEED_DX or NEED_DP:
+                d = dcos * (inv_p * scale)[None, :]
+                tl.store(d_ptr + i[:, None] * K + k[None, :], d.to(d_ptr.dtype.element_ty), mask=mask)
+            if NEED_DX:
+                radial_x += tl.sum(dcos * cos, axis=1)
+            if NEED_DP:
+                tl.store(radial_p_ptr + slot * K + k, tl.sum(dcos * cos, axis=0), mask=k_mask)
+            if HAS_FISHER:
+                term = tl.sum(dcos * dcos * (xh_sq[:, None] - cos * cos), axis=0) * inv_p * inv_p
+                if DETERMINISTIC:
+                    tl.store(fisher_ptr + slot * K + k, term, mask=k_mask)
+                else:
+                    tl.atomic_add(fisher_ptr + k, term, mask=k_mask, sem="relaxed")
+        if NEED_DX:
+            tl.store(radial_x_ptr + i, radial_x, mask=row_mask)
+
+
+@triton.autotune(configs=BWD_DX_CONFIGS, key=["K", "C", "rows_bucket", "DOT_PRECISION"], prune_configs_by=BWD_DX_PRUNE)
+@triton.jit
+def _prototype_mil_bwd_dx(
+    d_ptr,  # (R, K), contiguous, from the dcos kernel
+    p_ptr,
+    stride_pk,
+    stride_pc,
+    x_ptr,
+    stride_xb,
+    stride_xt,
+    stride_xc,
+    rows_ptr,  # as in the dcos kernel
+    count_ptr,
+    x_norm_ptr,  # (B, T) fp32, contiguous
+    radial_x_ptr,  # (R,) fp32
+    scale_ptr,  # (1,) fp32 S
+    dx_ptr,  # out (B, T, C), contiguous, x's dtype: the chunk's rows
+    start,
+    R,
+    rows_bucket,
+    T,
+    K,
+    C,
+    eps,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Grid (cdiv(C, BLOCK_C), cdiv(R, BLOCK_R)): dx rows = (D @ P) / (S max(|x|, eps)) - radial_x x / |x|^2.
+
+    The feature tile varies fastest, so the programs sharing a row tile of D run together and D
+    comes from HBM about once. Reads: a BLOCK_R x K row tile of D and a K x BLOCK_C column tile of
+    P (K / BLOCK_K steps), then the BLOCK_R x BLOCK_C tile of x for the epilogue; writes that tile of
+    dx straight into its (b, t) row. Programs past the active count exit.
+    """
+    pid_c = tl.program_id(0)
+    pid_r = tl.program_id(1)
+    n = _active_chunk_rows(count_ptr, start, R)
+    row0 = pid_r.to(tl.int64) * BLOCK_R
+    if row0 < n:
+        i = row0 + tl.arange(0, BLOCK_R)
+        row_mask = i < n
+        c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        c_mask = c < C
+        acc = tl.zeros((BLOCK_R, BLOCK_C), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = k < K
+            d = tl.load(d_ptr + i[:, None] * K + k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+            pt = tl.load(p_ptr + k[:, None] * stride_pk + c[None, :] * stride_pc,
+                         mask=k_mask[:, None] & c_mask[None, :], other=0.0)
+            if UPCAST:
+                d = d.to(tl.float32)
+                pt = pt.to(tl.float32)
+            acc = tl.dot(d, pt, acc, input_precision=DOT_PRECISION)
+
+        # epilogue: d(x / max(|x|, eps)) = (I - xh xh^T) / |x| above eps, I / eps at or below (clamped)
+        row = tl.load(rows_ptr + start + i, mask=row_mask, other=0)
+        b = row // T
+        t = row - b * T
+        x_norm = tl.load(x_norm_ptr + row, mask=row_mask, other=1.0)
+        inv_x = 1.0 / tl.maximum(x_norm, eps)
+        radial = tl.load(radial_x_ptr + i, mask=row_mask, other=0.0)
+        radial = tl.where(x_norm >= eps, radial * inv_x * inv_x, 0.0)
+        mask = row_mask[:, None] & c_mask[None, :]
+        xt = tl.load(x_ptr + (b * stride_xb + t * stride_xt)[:, None] + c[None, :] * stride_xc, mask=mask, other=0.0)
+        dx = acc * (inv_x / tl.load(scale_ptr))[:, None] - radial[:, None] * xt.to(tl.float32)
+        tl.store(dx_ptr + row[:, None] * C + c[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.autotune(configs=BWD_DP_CONFIGS, key=["K", "C", "rows_bucket", "DOT_PRECISION"], prune_configs_by=BWD_DP_PRUNE,
+                 restore_value=["g_ptr"])
+@triton.jit
+def _prototype_mil_bwd_dp(
+    d_ptr,  # (R, K), contiguous, from the dcos kernel
+    x_ptr,
+    stride_xb,
+    stride_xt,
+    stride_xc,
+    p_ptr,
+    stride_pk,
+    stride_pc,
+    rows_ptr,  # as in the dcos kernel
+    count_ptr,
+    x_norm_ptr,  # (B, T) fp32, contiguous
+    p_norm_ptr,  # (K,) fp32
+    radial_p_ptr,  # (K,) fp32 sum over all active frames of dcos * cos (read if LAST)
+    scale_ptr,  # (1,) fp32 S
+    g_ptr,  # in/out (K, C) fp32, contiguous: D^T xh summed over the previous chunks (unused with one chunk)
+    dp_ptr,  # out (K, C), contiguous, the prototypes' dtype (written if LAST)
+    start,
+    R,
+    rows_bucket,
+    T,
+    K,
+    C,
+    eps,
+    ACCUMULATE: tl.constexpr,  # add g (earlier chunks) to this chunk's sum
+    LAST: tl.constexpr,  # last chunk: finish dp, else store the running sum in g
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Grid (cdiv(K, BLOCK_K), cdiv(C, BLOCK_C)): dp = (D^T @ xh) / S - radial_p p / |p|^2 over a chunk.
+
+    The unit frames xh = x / max(|x|, eps) are formed in registers from the raw rows (|xh| <= 1, in
+    float16's range whatever |x| is), never stored. Reads per program: a BLOCK_R x BLOCK_K tile of D
+    and a BLOCK_R x BLOCK_C tile of x per step over the chunk's active frames (a loop with a
+    device-side trip count), then g or P; writes one BLOCK_K x BLOCK_C tile of g (fp32) or dp.
+    """
+    pid_k = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    n = _active_chunk_rows(count_ptr, start, R)
     k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     k_mask = k < K
-    mask = row_mask[:, None] & k_mask[None, :]
-
-    x_norm = tl.load(x_norm_ptr + row, mask=row_mask, other=1.0)
-    inv_x = 1.0 / tl.maximum(x_norm, eps)
-    inv_p = 1.0 / tl.maximum(tl.load(p_norm_ptr + k, mask=k_mask, other=1.0), eps)
-    cos = _cosine_tile(x_ptr + b * stride_xb + t * stride_xt, stride_xc, row_mask, inv_x, p_ptr, stride_pk,
-                       stride_pc, k, k_mask, inv_p, C, BLOCK_C, UPCAST, DOT_PRECISION)
-    lse2 = tl.load(lse2_ptr + row, mask=row_mask, other=0.0)
-    s = tl.exp2(cos * scale2 - lse2[:, None])
-
-    # d pooled[b, j] / d cos[b, t, k] = [f[b, j] = t] s_j (delta_jk - s_k) / tau, summed over j:
-    # dcos = s * ([f[b, k] = t] dY[b, k] - r[b, t]) / tau
-    wins = tl.load(frame_index_ptr + bk[:, None] + k[None, :], mask=mask, other=-1) == t32[:, None]
-    dy = tl.load(dpooled_ptr + b[:, None] * stride_gb + k[None, :] * stride_gk, mask=mask & wins, other=0.0)
-    r = tl.load(r_ptr + i, mask=row_mask, other=0.0)
-    dcos = s * (dy.to(tl.float32) - r[:, None]) * inv_tau
-    dcos = tl.where(mask, dcos, 0.0)
-    tl.store(dcos_ptr + i[:, None] * K + k[None, :], dcos.to(dcos_ptr.dtype.element_ty), mask=mask)
-
-    if HAS_FISHER:
-        # eq. (4): ||dcos * d cos / d p_k||^2 = dcos^2 (|xh|^2 - cos^2) / max(|p_k|, eps)^2
-        xh_sq = x_norm * inv_x
-        xh_sq = xh_sq * xh_sq
-        term = tl.sum(dcos * dcos * (xh_sq[:, None] - cos * cos), axis=0) * inv_p * inv_p
-        if DETERMINISTIC:
-            tl.store(fisher_ptr + pid_r * K + k, term, mask=k_mask)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    acc = tl.zeros((BLOCK_K, BLOCK_C), tl.float32)
+    for r0 in range(0, n, BLOCK_R):
+        i = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
+        row_mask = i < n
+        row = tl.load(rows_ptr + start + i, mask=row_mask, other=0)
+        b = row // T
+        t = row - b * T
+        inv_x = 1.0 / tl.maximum(tl.load(x_norm_ptr + row, mask=row_mask, other=1.0), eps)
+        d = tl.load(d_ptr + i[:, None] * K + k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        xt = tl.load(x_ptr + (b * stride_xb + t * stride_xt)[:, None] + c[None, :] * stride_xc,
+                     mask=row_mask[:, None] & c_mask[None, :], other=0.0)
+        xh = xt.to(tl.float32) * inv_x[:, None]
+        if UPCAST:
+            d = d.to(tl.float32)
         else:
-            tl.atomic_add(fisher_ptr + k, term, mask=k_mask)
+            xh = xh.to(d_ptr.dtype.element_ty)
+        acc = tl.dot(tl.trans(d), xh, acc, input_precision=DOT_PRECISION)
+
+    offsets = k[:, None].to(tl.int64) * C + c[None, :]
+    mask = k_mask[:, None] & c_mask[None, :]
+    if ACCUMULATE:
+        acc += tl.load(g_ptr + offsets, mask=mask, other=0.0)
+    if LAST:
+        # d(p / max(|p|, eps)): (I - ph ph^T) / |p| above eps, I / eps at or below (clamped)
+        p_norm = tl.load(p_norm_ptr + k, mask=k_mask, other=1.0)
+        inv_p = 1.0 / tl.maximum(p_norm, eps)
+        radial = tl.load(radial_p_ptr + k, mask=k_mask, other=0.0)
+        radial = tl.where(p_norm >= eps, radial * inv_p * inv_p, 0.0)
+        pt = tl.load(p_ptr + k[:, None] * stride_pk + c[None, :] * stride_pc, mask=mask, other=0.0)
+        dp = acc / tl.load(scale_ptr) - radial[:, None] * pt.to(tl.float32)
+        tl.store(dp_ptr + offsets, dp.to(dp_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(g_ptr + offsets, acc, mask=mask)
+
+
+@triton.jit
+def _prototype_mil_bwd_zero_rows(
+    active_ptr,  # (B * T,) uint8: 1 where the frame wins some max
+    dx_ptr,  # out (B * T, C), contiguous
+    BT,
+    C,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Grid (cdiv(B * T, BLOCK_R), cdiv(C, BLOCK_C)): zero the dx rows of frames that win no max.
+
+    Reads B * T flags, writes only the inactive rows (padding included): dx needs no full-size memset.
+    """
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    in_rows = r < BT
+    idle = tl.load(active_ptr + r, mask=in_rows, other=1) == 0
+    mask = (in_rows & idle)[:, None] & (c < C)[None, :]
+    tl.store(dx_ptr + r[:, None] * C + c[None, :], tl.zeros((BLOCK_R, BLOCK_C), dx_ptr.dtype.element_ty), mask=mask)

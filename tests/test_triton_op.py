@@ -138,8 +138,8 @@ def test_float32_matches_float64_reference(shape, tau):
 
 
 # 16-bit inputs, compared with the float64 reference on the same rounded inputs. pooled: one rounding
-# to the output dtype. dx, dp: the backward GEMMs take bfloat16 operands (dcos, unit rows) with fp32
-# accumulation, ~3 roundings of 2^-9 per product, then one rounding to the dtype. Fisher: fp32 from
+# to the output dtype. dx, dp: the backward GEMMs take operands in the input's dtype (D, and for dp the
+# unit rows) with fp32 accumulation, ~2 roundings of 2^-9 (bf16) per product, then one rounding to the dtype. Fisher: fp32 from
 # fp32 dcos. s and cos: fp32 dot of exactly representable products.
 REDUCED_TOLS = {
     torch.bfloat16: dict(s=1e-5, pooled=8e-3, dx=3e-2, dp=3e-2, fisher=1e-3),
