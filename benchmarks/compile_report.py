@@ -88,53 +88,118 @@ def _tensor(dtype):
     return torch.empty(64, dtype=dtype)  # never read: only its dtype and alignment reach the compiler
 
 
+def _x_args(dtype):
+    """x (B, T, C) contiguous and the prototypes (K, C): pointers and strides as the host passes them."""
+    return dict(x_ptr=_tensor(dtype), stride_xb=T * C, stride_xt=C, stride_xc=1, p_ptr=_tensor(dtype), stride_pk=C,
+                stride_pc=1)
+
+
 def _fwd_args(dtype, precision):
     import torch
 
+    f32, i64 = torch.float32, torch.int64
     return dict(
-        x_ptr=_tensor(dtype), stride_xb=T * C, stride_xt=C, stride_xc=1, p_ptr=_tensor(dtype), stride_pk=C,
-        stride_pc=1, lengths_ptr=_tensor(torch.int64), x_norm_ptr=_tensor(torch.float32),
-        p_norm_ptr=_tensor(torch.float32), lse2_ptr=_tensor(torch.float32), nearest_ptr=_tensor(torch.int64),
-        keys_ptr=_tensor(torch.int64), T=T, K=K, C=C, scale2=1.4426950408889634, eps=1e-12,
-        UPCAST=False, DOT_PRECISION=precision,
+        **_x_args(dtype), lengths_ptr=_tensor(i64), x_norm_ptr=_tensor(f32), p_norm_ptr=_tensor(f32),
+        lse2_ptr=_tensor(f32), nearest_ptr=_tensor(i64), keys_ptr=_tensor(i64), T=T, K=K, C=C,
+        scale2=1.4426950408889634, eps=1e-12, ROWS_BUCKET=65536, UPCAST=False, DOT_PRECISION=precision,
     )
 
 
-def _row_weight_args(dtype, precision):
+# split-K at its use case (B = 1, T = 1500, K = 2048: 24 frame tiles, 6 slices of 384 prototypes)
+SPLIT = dict(B=1, T=1500, K=2048, K_SLICE=384, S=6)
+
+
+def _split_lse_args(dtype, precision):
     import torch
 
-    from lpmn_fast.kernels import prototype_mil as kernels
-
+    f32, i64 = torch.float32, torch.int64
     return dict(
-        rows_ptr=_tensor(torch.int64), r_ptr=_tensor(torch.float32), frame_index_ptr=_tensor(torch.int32),
-        dpooled_ptr=_tensor(dtype), stride_gb=K, stride_gk=1, pooled_ptr=_tensor(torch.float32), N=B * T // 2,
-        T=T, K=K, BLOCK_R=kernels.ROW_WEIGHT_BLOCK_R, BLOCK_K=kernels.ROW_WEIGHT_BLOCK_K,
+        x_ptr=_tensor(dtype), stride_xb=SPLIT["T"] * C, stride_xt=C, stride_xc=1, p_ptr=_tensor(dtype), stride_pk=C,
+        stride_pc=1, lengths_ptr=_tensor(i64), x_norm_ptr=_tensor(f32), p_norm_ptr=_tensor(f32),
+        part_ptr=_tensor(f32), part_k_ptr=_tensor(i64), B=SPLIT["B"], T=SPLIT["T"], K=SPLIT["K"], C=C,
+        K_SLICE=SPLIT["K_SLICE"], scale2=1.4426950408889634, eps=1e-12, ROWS_BUCKET=2048, UPCAST=False,
+        DOT_PRECISION=precision,
     )
+
+
+def _split_max_args(dtype, precision):
+    import torch
+
+    f32, i64 = torch.float32, torch.int64
+    args = _split_lse_args(dtype, precision)
+    tail = {k: args.pop(k) for k in ("B", "T", "K", "C", "K_SLICE", "scale2", "eps", "ROWS_BUCKET", "UPCAST",
+                                      "DOT_PRECISION")}
+    return dict(**args, lse2_ptr=_tensor(f32), nearest_ptr=_tensor(i64), keys_ptr=_tensor(i64),
+                **{k: tail[k] for k in ("B", "T", "K", "C", "K_SLICE")}, S=SPLIT["S"],
+                **{k: tail[k] for k in ("scale2", "eps", "ROWS_BUCKET", "UPCAST", "DOT_PRECISION")})
+
+
+# backward chunk of the paper shape: R = 8192 frames, the second chunk (start 8192)
+R, START = 8192, 8192
 
 
 def _dcos_args(dtype, precision):
     import torch
 
-    gemm = torch.float32 if dtype == torch.float32 else torch.bfloat16
+    f32, i64 = torch.float32, torch.int64
     return dict(
-        x_ptr=_tensor(dtype), stride_xb=T * C, stride_xt=C, stride_xc=1, p_ptr=_tensor(dtype), stride_pk=C,
-        stride_pc=1, rows_ptr=_tensor(torch.int64), r_ptr=_tensor(torch.float32), x_norm_ptr=_tensor(torch.float32),
-        p_norm_ptr=_tensor(torch.float32), lse2_ptr=_tensor(torch.float32), frame_index_ptr=_tensor(torch.int32),
-        dpooled_ptr=_tensor(dtype), stride_gb=K, stride_gk=1, dcos_ptr=_tensor(gemm), fisher_ptr=_tensor(torch.float32),
-        n=4096, T=T, K=K, C=C, scale2=1.4426950408889634, inv_tau=1.0, eps=1e-12,
-        HAS_FISHER=True, DETERMINISTIC=False, UPCAST=False, DOT_PRECISION=precision,
+        **_x_args(dtype), rows_ptr=_tensor(i64), count_ptr=_tensor(i64), x_norm_ptr=_tensor(f32),
+        p_norm_ptr=_tensor(f32), lse2_ptr=_tensor(f32), frame_index_ptr=_tensor(i64), dpooled_ptr=_tensor(dtype),
+        stride_gb=K, stride_gk=1, pooled_ptr=_tensor(f32), scale_ptr=_tensor(f32), d_ptr=_tensor(dtype),
+        radial_x_ptr=_tensor(f32), radial_p_ptr=_tensor(f32), fisher_ptr=_tensor(f32), start=START, R=R,
+        rows_bucket=R, T=T, K=K, C=C, scale2=1.4426950408889634, inv_tau=1.0, eps=1e-12,
+        HAS_FISHER=True, DETERMINISTIC=False, NEED_DX=True, NEED_DP=True, UPCAST=False, DOT_PRECISION=precision,
     )
 
 
-# Kernel name -> (dtype, DOT_PRECISION) -> every argument but the config's block sizes. A new kernel
-# needs an entry here (and a cost function in lpmn_fast/ops/triton_cost.py).
+def _dx_args(dtype, precision):
+    import torch
+
+    f32, i64 = torch.float32, torch.int64
+    x = _x_args(dtype)
+    return dict(
+        d_ptr=_tensor(dtype), p_ptr=x["p_ptr"], stride_pk=C, stride_pc=1, x_ptr=x["x_ptr"], stride_xb=T * C,
+        stride_xt=C, stride_xc=1, rows_ptr=_tensor(i64), count_ptr=_tensor(i64), x_norm_ptr=_tensor(f32),
+        radial_x_ptr=_tensor(f32), scale_ptr=_tensor(f32), dx_ptr=_tensor(dtype), start=START, R=R, rows_bucket=R,
+        T=T, K=K, C=C, eps=1e-12, UPCAST=False, DOT_PRECISION=precision,
+    )
+
+
+def _dp_args(dtype, precision):
+    import torch
+
+    f32, i64 = torch.float32, torch.int64
+    return dict(
+        d_ptr=_tensor(dtype), **_x_args(dtype), rows_ptr=_tensor(i64), count_ptr=_tensor(i64),
+        x_norm_ptr=_tensor(f32), p_norm_ptr=_tensor(f32), radial_p_ptr=_tensor(f32), scale_ptr=_tensor(f32),
+        g_ptr=_tensor(f32), dp_ptr=_tensor(dtype), start=START, R=R, rows_bucket=R, T=T, K=K, C=C, eps=1e-12,
+        ACCUMULATE=True, LAST=True, UPCAST=False, DOT_PRECISION=precision,
+    )
+
+
+def _zero_rows_args(dtype, precision):
+    import torch
+
+    from lpmn_fast.kernels import prototype_mil as kernels
+
+    return dict(active_ptr=_tensor(torch.uint8), dx_ptr=_tensor(dtype), BT=B * T, C=C,
+                BLOCK_R=kernels.ZERO_ROWS_BLOCK_R, BLOCK_C=kernels.ZERO_ROWS_BLOCK_C)
+
+
+# Kernel name -> (dtype, DOT_PRECISION) -> every argument but the config's block sizes, in the
+# kernel's order (the flags at their heaviest: Fisher, both gradients, a middle chunk). A new
+# kernel needs an entry here (and a cost function in lpmn_fast/ops/triton_cost.py).
 SAMPLE_ARGS = {
     "_prototype_mil_fwd": _fwd_args,
-    "_prototype_mil_bwd_row_weight": _row_weight_args,
+    "_prototype_mil_fwd_split_lse": _split_lse_args,
+    "_prototype_mil_fwd_split_max": _split_max_args,
     "_prototype_mil_bwd_dcos": _dcos_args,
+    "_prototype_mil_bwd_dx": _dx_args,
+    "_prototype_mil_bwd_dp": _dp_args,
+    "_prototype_mil_bwd_zero_rows": _zero_rows_args,
 }
-# Kernels whose DOT_PRECISION does not matter (no tl.dot): compiled once per input dtype.
-NO_DOT = {"_prototype_mil_bwd_row_weight"}
+# Kernels without a tl.dot: compiled once per input dtype, whatever the dot precision.
+NO_DOT = {"_prototype_mil_bwd_zero_rows"}
 
 
 # ---- discovery ----------------------------------------------------------------------------------

@@ -88,6 +88,7 @@ class Launch:
     sync: bool = False  # the host waits for the device (a data-dependent size or a scalar read)
     note: str = ""
     written: int = 0  # bytes of the op's outputs (torch ops)
+    x_rereads: int = 0  # of hbm_bytes: x rows re-read per K tile (Triton kernels, triton_cost's rule 1)
 
     def share(self, machine: Machine) -> float:
         """Fraction of the GPU a launch can use: a Triton grid of n < SMs programs runs on n SMs."""
@@ -120,6 +121,10 @@ class PassLedger:
     def issued_bytes(self) -> int:
         return sum(l.issued_bytes for l in self.launches)
 
+    @property
+    def x_rereads(self) -> int:
+        return sum(l.x_rereads for l in self.launches)
+
     def time(self, machine: Machine) -> float:
         return sum(l.time(machine) for l in self.launches)
 
@@ -128,7 +133,7 @@ class PassLedger:
             "provider": self.provider, "mode": self.mode, "launches": len(self.launches),
             "triton_launches": sum(l.kind == "triton" for l in self.launches),
             "syncs": sum(l.sync for l in self.launches), "flops": self.flops, "useful_flops": self.useful_flops,
-            "hbm_bytes": self.hbm_bytes, "issued_bytes": self.issued_bytes,
+            "hbm_bytes": self.hbm_bytes, "issued_bytes": self.issued_bytes, "x_rereads": self.x_rereads,
             "modelled_s": {m: self.time(machine) for m, machine in MACHINES.items()}, "note": self.note,
         }
 
@@ -323,7 +328,8 @@ class _Recorder:
 
     def _launch(self, cost: KernelCost, meta: dict, config) -> Launch:
         return Launch(self.name, "triton", cost.flops, cost.hbm_bytes, cost.issued_bytes, _dot_path(meta),
-                      programs=cost.programs, config=_describe(config) if config is not None else "fixed")
+                      programs=cost.programs, config=_describe(config) if config is not None else "fixed",
+                      x_rereads=cost.x_rereads)
 
 
 def _launchable(obj) -> bool:
@@ -351,10 +357,15 @@ def triton_launches(ledger: OpLedger, machine: Machine):
                 if value is kernel:
                     patches.append((module, attr, value))
                     setattr(module, attr, _Recorder(name, kernel, ledger, machine))
-    # Meta tensors are not CUDA tensors: take the CUDA branches of the host code.
+    # Meta tensors are not CUDA tensors: take the CUDA branches of the host code, on a GPU of
+    # ``machine.sms`` SMs (the split-K forward is chosen from the SM count).
     host = [(triton_op, "check_fused_device", lambda x: None)]
     if hasattr(triton_op, "_mm_f32"):
         host.append((triton_op, "_mm_f32", _gpu_mm_f32))
+    if hasattr(triton_op, "_split_slices") and hasattr(triton_op, "_multiprocessor_count"):
+        split = triton_op._split_slices
+        host.append((triton_op, "_multiprocessor_count", lambda device: machine.sms))
+        host.append((triton_op, "_split_slices", lambda B, T, K, device: split(B, T, K, torch.device("cuda"))))
     for module, attr, value in host:
         patches.append((module, attr, getattr(module, attr)))
         setattr(module, attr, value)
@@ -519,11 +530,12 @@ def to_markdown(ledgers: list[PassLedger], shape, dtype, lengths, active_rows, d
         fewest = f"{min(programs)} ({min(programs) / SM_COUNT:.2f})" if programs else "—"
         rows.append([p.provider, p.mode, f"{s['launches']} ({s['triton_launches']})", str(s["syncs"]), fewest,
                      _g(p.flops), _g(p.useful_flops), f"{p.flops / p.useful_flops:.2f}" if p.useful_flops else "—",
-                     _g(p.hbm_bytes), _g(p.issued_bytes), _us(h100), _us(h200),
+                     _g(p.hbm_bytes), _g(p.hbm_bytes - p.x_rereads), _g(p.issued_bytes), _us(h100), _us(h200),
                      f"{p.useful_flops / h100 / 1e12:.0f}", p.note])
     lines += _table(["provider", "pass", "launches (Triton)", "host syncs", "fewest programs (/132 SMs)",
                      "GFLOP executed", "GFLOP useful",
-                     "executed / useful", "GB HBM", "GB issued", "H100 µs", "H200 µs",
+                     "executed / useful", "GB HBM", "GB HBM if L2 served x re-reads", "GB issued", "H100 µs",
+                     "H200 µs",
                      "useful TFLOP/s (H100 model)", "note"], rows)
     if not detail:
         return "\n".join(lines)

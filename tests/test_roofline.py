@@ -88,25 +88,50 @@ def test_expected_active_rows():
 
 # ---- the fused kernels, by hand -----------------------------------------------------------------
 
-def test_fused_forward_matches_hand_counts():
-    B, T, C, K = SHAPE
+def test_fused_forward_matches_hand_counts(monkeypatch):
+    from lpmn_fast.ops import triton_op
+
+    monkeypatch.setattr(triton_op, "_split_slices", lambda B, T, K, device: 1)  # one launch, no split-K
     BT, BK, BC = _interpreter_tiles(kernels.FWD_CONFIGS, ("BLOCK_T", "BLOCK_K", "BLOCK_C"))
     assert (BT, BK, BC) == (16, 16, 32), "interpreter tiles changed: redo the hand counts below"
     p = _ledger("triton", "forward")
     names = [l.name for l in p.launches]
-    assert names.count("_prototype_mil_fwd") == 1
+    assert names.count("_prototype_mil_fwd") == 1 and not any("split" in n for n in names)
     fwd = p.launches[names.index("_prototype_mil_fwd")]
     # tiles that start inside their utterance: 40 -> 3, 17 -> 2, 1 -> 1; K 37 -> 48, C 33 -> 64
     assert fwd.programs == 3 * 3
     assert fwd.flops == 2 * (2 * 6 * 16 * 48 * 64)  # two sweeps over K
-    x_rereads = 2 * 3 * 58 * 33 * BF16  # 2 sweeps x 3 K tiles x 58 valid rows
-    assert fwd.hbm_bytes == (x_rereads + 37 * 33 * BF16 + 58 * F32 + 37 * F32 + 3 * I64
-                             + 3 * 40 * (F32 + I64) + 3 * 37 * I64)
-    # the host glue: |x| over every row (B*T*C bf16 in, B*T fp32 out), |p|, the zeroed keys
-    norms = [l for l in p.launches if l.name == "linalg_vector_norm"]
-    assert [l.hbm_bytes for l in norms] == [3 * 40 * 33 * BF16 + 3 * 40 * F32, 37 * 33 * BF16 + 37 * F32]
+    x_reads = (2 * 3 + 1) * 58 * 33 * BF16  # |x| pass + 2 sweeps x 3 K tiles, 58 valid rows
+    assert fwd.hbm_bytes == (x_reads + 37 * 33 * BF16 + 37 * F32 + 3 * I64
+                             + 3 * 40 * (F32 + F32 + I64) + 3 * 37 * I64)
+    assert fwd.x_rereads == x_reads - 58 * 33 * BF16
+    # host glue: |p| only (|x| is fused into the kernel), then the keys' initial fill
+    (norm,) = [l for l in p.launches if l.name == "linalg_vector_norm"]
+    assert norm.hbm_bytes == 37 * 33 * BF16 + 37 * F32
     assert p.useful_flops == 2 * 58 * 37 * 33
     assert p.flops == fwd.flops  # no other launch does a matmul
+
+
+def test_split_k_forward_matches_hand_counts(monkeypatch):
+    from lpmn_fast.ops import triton_op
+
+    monkeypatch.setattr(triton_op, "_split_slices", lambda B, T, K, device: 3)
+    assert kernels.SPLIT_K_GRANULE == 16 and kernels.SPLIT_BLOCK_T == 16
+    p = _ledger("triton", "forward")
+    lse, mx = ([l for l in p.launches if l.name == f"_prototype_mil_fwd_split_{n}"] for n in ("lse", "max"))
+    assert len(lse) == len(mx) == 1
+    # 3 slices 16 wide (16, 16, 5 prototypes), each one K tile: together the same dots as one launch
+    assert lse[0].programs == mx[0].programs == 3 * 3 * 3
+    assert lse[0].flops == mx[0].flops == 3 * (2 * 6 * 16 * 16 * 64)
+    assert lse[0].flops + mx[0].flops == 2 * (2 * 6 * 16 * 48 * 64)
+
+
+def test_modelled_gpu_splits_small_batches_only():
+    # the interpreter's frame tile (SPLIT_BLOCK_T 16): 94 tiles at T = 1500 for 132 SMs, 8 * 94 at B = 8
+    small, large = (roofline.build_ledger((B, 1500, 64, 512), torch.bfloat16, [1500] * B, providers=("triton",),
+                                          modes=("forward",))[0] for B in (1, 8))
+    assert "_prototype_mil_fwd_split_lse" in [l.name for l in small.launches]
+    assert "_prototype_mil_fwd" in [l.name for l in large.launches]
 
 
 def test_fused_backward_dcos_matches_hand_counts():
@@ -115,10 +140,15 @@ def test_fused_backward_dcos_matches_hand_counts():
     p = _ledger("triton", "backward")
     n = roofline.expected_active_rows(LENGTHS, K)
     (dcos,) = [l for l in p.launches if l.name == "_prototype_mil_bwd_dcos"]
+    R = B * min(T, K)  # one chunk holds the worst case, 111 frames
     n_r, n_k = math.ceil(n / BR), math.ceil(K / BK)
-    assert dcos.programs == n_r * n_k
+    assert dcos.programs == math.ceil(R / BR)  # the grid is fixed by the shapes; programs past n exit
     assert dcos.flops == 2 * (n_r * BR) * (n_k * BK) * (math.ceil(C / BC) * BC)
-    assert sum(l.sync for l in p.launches) == 1  # the nonzero that counts the active frames
+    assert dcos.x_rereads == (n_k - 1) * n * C * BF16
+    (dx,) = [l for l in p.launches if l.name == "_prototype_mil_bwd_dx"]
+    DR, DK, DC = _interpreter_tiles(kernels.BWD_DX_CONFIGS, ("BLOCK_R", "BLOCK_K", "BLOCK_C"))
+    assert dx.flops == 2 * (math.ceil(n / DR) * DR) * (math.ceil(K / DK) * DK) * (math.ceil(C / DC) * DC)
+    assert not any(l.sync for l in p.launches)  # the backward never waits for the host
     assert p.useful_flops == 2 * 2 * 58 * 37 * 33
 
 
@@ -154,7 +184,7 @@ def test_compile_estimate_keeps_eager_gemms_and_one_read_of_each_result():
 
 def test_full_pass_is_forward_plus_backward_with_fisher():
     fwd, bwd, full = (_ledger("triton", m) for m in ("forward", "backward", "full"))
-    assert full.flops == fwd.flops + bwd.flops
+    assert full.flops == fwd.flops + bwd.flops and full.flops > 0
     assert full.hbm_bytes > fwd.hbm_bytes + bwd.hbm_bytes  # the Fisher partials add bytes, never remove
 
 

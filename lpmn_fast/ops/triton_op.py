@@ -70,11 +70,6 @@ def _alloc(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, zer
     return torch.zeros(shape, dtype=dtype, device=device) if zero else torch.empty(shape, dtype=dtype, device=device)
 
 
-def launch_device(x):
-    """Context in which to launch kernels on x: Triton launches on the current CUDA device, not x's."""
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
-
-
 def check_fused_device(x: Tensor) -> None:
     """Raise a RuntimeError naming the fix when the kernels cannot run on ``x``'s device."""
     if x.device.type == "cuda" or kernels.INTERPRET:
