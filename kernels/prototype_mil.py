@@ -4,11 +4,18 @@ Ships as ``lpmn_fast.kernels.prototype_mil``; launched by ``lpmn_fast.ops.triton
 the shape checks, the launches and the autograd wiring. No kernel ever writes a (B, T, K)
 tensor: similarity tiles live in registers and are recomputed where needed.
 
-* ``_prototype_mil_fwd``: per (utterance, frame tile), two sweeps over the K prototypes. Sweep 1: the
-  online log-sum-exp over K of cos / tau and the running argmax over k of cos (``nearest``).
-  Sweep 2: s = exp(cos / tau - lse), then the max over the tile's valid frames of a packed
-  (s, frame) key, merged across T-tiles by an integer atomic max (order-independent, so exact and
-  deterministic: larger s wins, ties go to the smallest t).
+* ``_prototype_mil_fwd``: per (utterance, frame tile): |x| of the tile's frames (no separate norm
+  pass), then two sweeps over the K prototypes, each one flat loop over (K tile, C tile) so the
+  software pipeline never drains between K tiles. Sweep 1: the online log-sum-exp over K of
+  cos / tau and the running argmax over k of cos (``nearest``). Sweep 2: u = log2 s = cos log2(e)
+  / tau - lse2 (<= 0), then the max over the tile's valid frames of a packed (u, frame) key,
+  merged across T-tiles by a relaxed integer atomic max (order-independent, so exact and
+  deterministic: larger u wins, ties go to the smallest t). The max is taken on u, not on
+  s = exp2(u): the GPU's exp2 flushes s < 2**-126 to zero, which would tie all such maxima.
+* ``_prototype_mil_fwd_split_lse`` / ``_prototype_mil_fwd_split_max``: the same forward in two
+  launches for small batches, the grid extended by prototype slices: partial log-sum-exps (and
+  argmaxes) per slice, then each program merges the slices' partials and takes the max over its
+  own slice (the flash-decoding scheme).
 * ``_prototype_mil_bwd_dcos``: per tile of active frames (those that win some max; compacted on the
   device, their count read by the kernels, never by the host), the row weights
   r[b, t] = sum over k with frame_index[b, k] = t of dY[b, k] * Y[b, k], then per K tile: recompute
@@ -46,8 +53,8 @@ except (ImportError, AttributeError):  # older triton
 # s = exp(cos/tau - lse) is computed as exp2((cos/tau - lse) * log2(e)) (ex2 is the native op).
 LOG2E = 1.4426950408889634
 
-# Frames are packed below the similarity bits as (INT32_MAX - t): the larger key has the larger s,
-# and among equal s the smaller t. (Kernels read globals only as tl.constexpr; the host the int.)
+# Frames are packed below the bits of u = log2 s as (INT32_MAX - t): the larger key has the larger
+# s, and among equal s the smaller t. (Kernels read globals only as tl.constexpr; the host the int.)
 INT32_MAX = 2147483647
 _FRAME_CODE_BASE = tl.constexpr(INT32_MAX)
 # Keys (B, K) start at INT64_MIN, below the key of any real frame; padding frames offer INT64_MIN.
@@ -299,10 +306,15 @@ def _fwd_lse_sweep(x_rows, stride_xc, row_mask, inv_x, p_ptr, stride_pk, stride_
 
 @triton.jit
 def _fwd_max_sweep(x_rows, stride_xc, row_mask, inv_x, p_ptr, stride_pk, stride_pc, p_norm_ptr, k_lo, k_hi, C,
-                   scale2, eps, lse2, t, keys_row_ptr, BLOCK_T: tl.constexpr,
+                   scale2, eps, lse2, t, b_row, b_lo, b_hi, keys_ptr, K, BLOCK_T: tl.constexpr,
                    BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Sweep 2 over prototypes [k_lo, k_hi): this tile's max over its valid frames t of the packed
-    (u = log2 s, frame) key per prototype, merged into keys_row_ptr[k] by an atomic max."""
+    (u = log2 s, frame) key per prototype, merged into keys (B, K) by atomic maxima.
+
+    The tile's rows may span utterances b_row (increasing, b_lo to b_hi): the first and the last
+    each get one masked max over the tile; whole utterances in between (only when they are
+    shorter than a tile) go element by element.
+    """
     acc = tl.zeros((BLOCK_T, BLOCK_K), tl.float32)
     n_c = tl.cdiv(C, BLOCK_C)
     for i in range(0, tl.cdiv(k_hi - k_lo, BLOCK_K) * n_c):
@@ -316,7 +328,15 @@ def _fwd_max_sweep(x_rows, stride_xc, row_mask, inv_x, p_ptr, stride_pk, stride_
             # u = log2 s = cos * log2(e) / tau - lse2 <= 0: the max is taken on u, never on exp2(u)
             u = acc * inv_x[:, None] * inv_p[None, :] * scale2 - lse2[:, None]
             key = tl.where(row_mask[:, None], _max_key(u, t[:, None]), _KEY_INIT)
-            tl.atomic_max(keys_row_ptr + k, tl.max(key, axis=0), mask=k_mask, sem="relaxed")
+            first = tl.max(tl.where((b_row == b_lo)[:, None], key, _KEY_INIT), axis=0)
+            tl.atomic_max(keys_ptr + b_lo * K + k, first, mask=k_mask, sem="relaxed")
+            if b_hi != b_lo:
+                last = tl.max(tl.where((b_row == b_hi)[:, None], key, _KEY_INIT), axis=0)
+                tl.atomic_max(keys_ptr + b_hi * K + k, last, mask=k_mask, sem="relaxed")
+                if b_hi - b_lo > 1:
+                    middle = (b_row > b_lo) & (b_row < b_hi) & row_mask
+                    tl.atomic_max(keys_ptr + b_row[:, None] * K + k[None, :], key,
+                                  mask=middle[:, None] & k_mask[None, :], sem="relaxed")
             acc = tl.zeros((BLOCK_T, BLOCK_K), tl.float32)
 
 
@@ -346,50 +366,60 @@ def _prototype_mil_fwd(
     p_ptr,
     stride_pk,
     stride_pc,
-    lengths_ptr,  # (B,) int64
-    x_norm_ptr,  # out (B, T) fp32, contiguous: |x| (0 on padding)
+    offsets_ptr,  # (B + 1,) int64: 0, then the cumulative (clamped) lengths; offsets[B] valid frames in all
+    x_norm_ptr,  # out (B, T) fp32, contiguous: |x| on valid frames (the host zeroes padding)
     p_norm_ptr,  # (K,) fp32 |p|
-    lse2_ptr,  # out (B, T) fp32, contiguous: log2-sum-exp2 over k of cos * log2(e) / tau (0 on padding)
-    nearest_ptr,  # out (B, T) int64, contiguous
+    lse2_ptr,  # out (B, T) fp32, contiguous: log2-sum-exp2 over k of cos * log2(e) / tau (host: 0 on padding)
+    nearest_ptr,  # out (B, T) int64, contiguous (host: -1 on padding)
     keys_ptr,  # in/out (B, K) int64, contiguous, INT64_MIN-initialised: packed (u, frame) maxima
+    B,
     T,
     K,
     C,
     scale2,  # log2(e) / tau
     eps,
     ROWS_BUCKET,  # next power of two of B * T: an autotune key only
+    SEARCH_STEPS,  # binary-search steps to find a row's utterance: B.bit_length()
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """Grid (B, cdiv(T, BLOCK_T)): |x|, lse and nearest of BLOCK_T frames, then their share of the max over t.
+    """Grid (cdiv(B * T, BLOCK_T),): BLOCK_T consecutive valid frames of the packed batch (valid
+    frames of utterance 0, then of 1, ...): |x|, lse and nearest, then their share of the max over t.
 
-    Frame tiles vary fastest along grid axis 1, so the tiles of padding (which only write their
-    padding statistics and exit) gather at the end of the launch.
+    Packing the valid frames leaves no padding row inside a tile but in the batch's last one; the
+    grid is the worst case (every frame valid) and the programs past the valid frames exit at once.
     """
-    b = tl.program_id(0).to(tl.int64)  # axis 0: up to 2**31 - 1 utterances
-    pid_t = tl.program_id(1)
-    t, in_T, valid, empty = _fwd_tile(b, pid_t, lengths_ptr, T, BLOCK_T)
-    stat_offsets = b * T + t
-    if empty:
-        # A tile of padding only: no similarity is computed, nothing in it can win a max.
-        tl.store(nearest_ptr + stat_offsets, tl.full((BLOCK_T,), -1, tl.int64), mask=in_T)
-        tl.store(lse2_ptr + stat_offsets, tl.zeros((BLOCK_T,), tl.float32), mask=in_T)
-        tl.store(x_norm_ptr + stat_offsets, tl.zeros((BLOCK_T,), tl.float32), mask=in_T)
-    else:
-        x_rows = x_ptr + b * stride_xb + t * stride_xt
+    total = tl.load(offsets_ptr + B)
+    r = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    if tl.program_id(0).to(tl.int64) * BLOCK_T < total:
+        valid = r < total
+        # each row's utterance b: offsets[b] <= r < offsets[b + 1] (lengths >= 1: offsets increase)
+        lo = tl.zeros((BLOCK_T,), tl.int64)
+        hi = tl.zeros((BLOCK_T,), tl.int64) + B
+        for _ in range(SEARCH_STEPS):
+            mid = (lo + hi) // 2
+            right = tl.load(offsets_ptr + mid) <= r
+            lo = tl.where(right, mid, lo)
+            hi = tl.where(right, hi, mid)
+        b_row = lo
+        t = r - tl.load(offsets_ptr + b_row)
+        b_lo = tl.min(b_row, axis=0)  # rows past the last valid frame search to b <= B - 1, like the last row
+        b_hi = tl.max(tl.where(valid, b_row, 0), axis=0)
+        stat_offsets = b_row * T + t
+        x_rows = x_ptr + b_row * stride_xb + t * stride_xt
         x_norm = _fwd_row_norm(x_rows, stride_xc, valid, C, BLOCK_T, BLOCK_C)
-        tl.store(x_norm_ptr + stat_offsets, x_norm, mask=in_T)  # padding rows were loaded as 0
+        tl.store(x_norm_ptr + stat_offsets, x_norm, mask=valid)
         inv_x = 1.0 / tl.maximum(x_norm, eps)
         m, l, best, best_k = _fwd_lse_sweep(x_rows, stride_xc, valid, inv_x, p_ptr, stride_pk, stride_pc, p_norm_ptr,
                                             0, K, C, scale2, eps, BLOCK_T, BLOCK_K, BLOCK_C, UPCAST, DOT_PRECISION)
         lse2 = m + tl.log2(l)
-        tl.store(lse2_ptr + stat_offsets, tl.where(valid, lse2, 0.0), mask=in_T)
-        tl.store(nearest_ptr + stat_offsets, tl.where(valid, best_k, -1), mask=in_T)
+        tl.store(lse2_ptr + stat_offsets, lse2, mask=valid)
+        tl.store(nearest_ptr + stat_offsets, best_k, mask=valid)
         _fwd_max_sweep(x_rows, stride_xc, valid, inv_x, p_ptr, stride_pk, stride_pc, p_norm_ptr, 0, K, C, scale2, eps,
-                       lse2, t, keys_ptr + b * K, BLOCK_T, BLOCK_K, BLOCK_C, UPCAST, DOT_PRECISION)
+                       lse2, t, b_row, b_lo, b_hi, keys_ptr, K, BLOCK_T, BLOCK_K, BLOCK_C, UPCAST, DOT_PRECISION)
 
 
 @triton.autotune(configs=FWD_SPLIT_CONFIGS, key=["K", "C", "K_SLICE", "ROWS_BUCKET", "DOT_PRECISION"],
@@ -521,7 +551,7 @@ def _prototype_mil_fwd_split_max(
         inv_x = 1.0 / tl.maximum(x_norm, eps)
         k_lo = s * K_SLICE
         _fwd_max_sweep(x_rows, stride_xc, valid, inv_x, p_ptr, stride_pk, stride_pc, p_norm_ptr,
-                       k_lo, tl.minimum(k_lo + K_SLICE, K), C, scale2, eps, lse2, t, keys_ptr + b * K,
+                       k_lo, tl.minimum(k_lo + K_SLICE, K), C, scale2, eps, lse2, t, t * 0 + b, b, b, keys_ptr, K,
                        BLOCK_T, BLOCK_K, BLOCK_C, UPCAST, DOT_PRECISION)
 
 

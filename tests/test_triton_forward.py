@@ -214,3 +214,19 @@ def test_forward_host_glue_reads_nothing_back():
         triton_op.prototype_mil_forward(x, p, lengths, 0.5)
     assert mode.ops, "the dispatch mode saw no op at all"
     assert not SYNCING_OPS & set(mode.ops), sorted(SYNCING_OPS & set(mode.ops))
+
+
+def test_packed_tiles_spanning_many_utterances():
+    # The one-launch forward packs valid frames: with lengths this short a 16-frame tile holds the end
+    # of one utterance, several whole ones and the start of another (the element-wise middle path).
+    g = torch.Generator().manual_seed(8)
+    lengths = torch.tensor([3, 2, 5, 1, 20, 4, 1, 1, 9])
+    B, T, C, K = len(lengths), 20, 12, 21
+    x = torch.randn(B, T, C, generator=g)
+    x[torch.arange(T) >= lengths[:, None]] = float("nan")  # padding is never read
+    p = torch.randn(K, C, generator=g)
+    pooled, frame_index, nearest, *_ = triton_op.prototype_mil_forward(x.to(DEVICE), p.to(DEVICE),
+                                                                      lengths.to(DEVICE), 0.4)
+    ref_pooled, ref_frame, ref_nearest = naive_prototype_mil(x, p, lengths, 0.4)
+    assert torch.equal(frame_index.cpu(), ref_frame) and torch.equal(nearest.cpu(), ref_nearest)
+    torch.testing.assert_close(pooled.double().cpu(), ref_pooled, rtol=1e-5, atol=1e-7)

@@ -1,9 +1,11 @@
 """Fused Triton backend of the prototype-MIL op: host functions, custom ops and autograd.
 
 Forward (``prototype_mil_forward``): one kernel, two similarity sweeps per frame tile (the
-log-sum-exp over K must be known before the max over t), no (B, T, K) tensor anywhere. Saves
-for backward only O(B*T + B*K + K) statistics: per-frame |x| and log-sum-exp, per-prototype |p|,
-the fp32 pooled values and frame_index.
+log-sum-exp over K must be known before the max over t), no (B, T, K) tensor anywhere; at small
+batches a split-K variant in two launches. No host synchronisation: the host glue decides the
+schedule from shapes alone and launches on x's device (``launch_device``). Saves for backward
+only O(B*T + B*K + K) statistics: per-frame |x| and log-sum-exp, per-prototype |p|, the fp32
+pooled values and frame_index.
 
 Backward (``prototype_mil_backward``): the gradient at the similarities,
 dcos[b,t,k] = s[b,t,k] * ([frame_index[b,k] = t] dY[b,k] - r[b,t]) / tau, vanishes on every frame
@@ -158,9 +160,12 @@ def prototype_mil_forward(
     device = x.device
     lengths = lengths.contiguous()
     p_norm = torch.linalg.vector_norm(prototypes, dim=-1, dtype=torch.float32).contiguous()
-    x_norm = _alloc((B, T), torch.float32, device)  # written by the kernel (fused into sweep 1)
-    lse2 = _alloc((B, T), torch.float32, device)
+    # |x| is written by the kernel (fused into sweep 1); the one-launch kernel visits valid frames
+    # only, so padding's statistics (0, 0, -1) are set here
+    x_norm = _alloc((B, T), torch.float32, device, zero=True)
+    lse2 = _alloc((B, T), torch.float32, device, zero=True)
     nearest = _alloc((B, T), torch.int64, device)
+    nearest.fill_(-1)
     keys = _alloc((B, K), torch.int64, device)
     keys.fill_(kernels.INT64_MIN)  # below every real frame's key
     common = dict(UPCAST=kernels.INTERPRET, DOT_PRECISION=_dot_precision(x.dtype))
@@ -168,9 +173,12 @@ def prototype_mil_forward(
     slices = _split_slices(B, T, K, device)
     with launch_device(x):
         if slices <= 1:
-            kernels._prototype_mil_fwd[lambda meta: (B, triton.cdiv(T, meta["BLOCK_T"]))](
-                x, *x.stride(), prototypes, *prototypes.stride(), lengths, x_norm, p_norm, lse2, nearest, keys,
-                T, K, C, scale2, EPS, rows_bucket, **common,
+            # valid frames packed utterance after utterance: offsets = 0, cumulative clamped lengths
+            offsets = torch.zeros(B + 1, dtype=torch.int64, device=device)
+            torch.cumsum(lengths.clamp(1, T), 0, out=offsets[1:])
+            kernels._prototype_mil_fwd[lambda meta: (triton.cdiv(B * T, meta["BLOCK_T"]),)](
+                x, *x.stride(), prototypes, *prototypes.stride(), offsets, x_norm, p_norm, lse2, nearest, keys,
+                B, T, K, C, scale2, EPS, rows_bucket, B.bit_length(), **common,
             )
         else:
             width = _slice_width(K, slices)
