@@ -97,8 +97,7 @@ FWD_CONFIGS, FWD_PRUNE = _configs(
 BWD_DCOS_CONFIGS, BWD_DCOS_PRUNE = _configs(
     ("BLOCK_R", "BLOCK_K", "BLOCK_C"),
     (16, 16, 32, 4, 1),
-    [(64, 64, 64, 4, 3), (64, 64, 32, 4, 4), (128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (128, 128, 64, 8, 3),
-     (128, 64, 32, 8, 4)],
+    [(64, 64, 64, 4, 3), (64, 64, 32, 4, 4), (128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (128, 64, 32, 8, 4)],
     [(64, 64, 32, 4, 3), (64, 64, 16, 4, 3), (64, 128, 16, 8, 3), (32, 64, 32, 4, 3)],
 )
 
@@ -124,12 +123,10 @@ BWD_DP_CONFIGS, BWD_DP_PRUNE = _configs(
 ZERO_ROWS_BLOCK_R = 16 if INTERPRET else 32
 ZERO_ROWS_BLOCK_C = 32 if INTERPRET else 256
 
-# Smallest and largest row tile of any dcos config. The host sizes the per-row-tile partial sums
-# (radial_p, deterministic Fisher) in slots of MIN_BLOCK_R frames, so whichever config autotuning
-# picks writes inside them (unwritten slots stay zero); chunks hold a multiple of MAX_BLOCK_R frames
-# so that the slots of consecutive chunks never overlap.
+# Smallest row tile of any dcos config. The host sizes the per-row-tile partial sums (radial_p,
+# deterministic Fisher) in slots of MIN_BLOCK_R frames, cdiv(R, MIN_BLOCK_R) per chunk, so whichever
+# config autotuning picks writes inside its chunk's slots (unwritten slots stay zero).
 MIN_BLOCK_R = min(c.kwargs["BLOCK_R"] for c in BWD_DCOS_CONFIGS)
-MAX_BLOCK_R = max(c.kwargs["BLOCK_R"] for c in BWD_DCOS_CONFIGS)
 _MIN_BLOCK_R = tl.constexpr(MIN_BLOCK_R)
 
 
@@ -289,8 +286,9 @@ def _prototype_mil_bwd_dcos(
     radial_x_ptr,  # out (R,) fp32: sum over k of dcos * cos
     radial_p_ptr,  # out (n_slots, K) fp32 zeroed: per row tile, sum over its frames of dcos * cos
     fisher_ptr,  # out: (K,) fp32 zeroed, atomically added to; or (n_slots, K) fp32 zeroed partials if DETERMINISTIC
-    start,  # index of the chunk's first frame in the compacted list (a multiple of MAX_BLOCK_R)
+    start,  # index of the chunk's first frame in the compacted list
     R,  # frames per chunk
+    slot0,  # the chunk's first partial-sum slot: chunk index * cdiv(R, MIN_BLOCK_R)
     rows_bucket,  # next power of two of R: an autotuning key only
     T,
     K,
@@ -343,7 +341,7 @@ def _prototype_mil_bwd_dcos(
 
         radial_x = tl.zeros((BLOCK_R,), tl.float32)
         # partial-sum slot of this row tile, in units of the smallest row tile of any config
-        slot = (start + row0) // _MIN_BLOCK_R
+        slot = slot0 + row0 // _MIN_BLOCK_R
         if HAS_FISHER:
             # eq. (4): ||dcos * d cos / d p_k||^2 = dcos^2 (|xh|^2 - cos^2) / max(|p_k|, eps)^2
             xh_sq = x_norm * inv_x
