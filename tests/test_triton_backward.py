@@ -336,3 +336,22 @@ def test_backward_across_gpu_tiles_bf16(shape):
     x, p, lengths, upstream = make_inputs(shape, seed=24, dtype=torch.bfloat16)
     out, dx, dp, fisher = run_op(x, p, lengths, 0.5, upstream)
     check_against_reference(out, dx, dp, fisher, x, p, lengths, 0.5, upstream, REDUCED_TOLS[torch.bfloat16])
+
+
+def test_backward_config_families_follow_dtype_and_precision(monkeypatch):
+    # The GPU config lists (the interpreter keeps one config): each launch keeps its own family.
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    rows16, rows_tf32, rows_fma = [(64, 64, 64, 4, 3)], [(64, 64, 32, 8, 3), (32, 64, 32, 4, 3)], [(32, 32, 32, 4, 3)]
+    configs, prune = kernels._precision_family_configs(("BLOCK_R", "BLOCK_K", "BLOCK_C"), (16, 16, 32, 4, 1),
+                                                       rows16, rows_tf32, rows_fma)
+    prune = prune["early_config_prune"]
+    assert len(configs) == 4
+
+    def kept(dtype, precision):
+        args = {"x_ptr": torch.empty(1, dtype=dtype)}
+        return [(c.kwargs["BLOCK_R"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_C"], c.num_warps, c.num_stages)
+                for c in prune(configs, args, DOT_PRECISION=precision)]
+
+    assert kept(torch.bfloat16, "tf32") == rows16 and kept(torch.float16, "tf32") == rows16
+    assert kept(torch.float32, "tf32x3") == rows_tf32 and kept(torch.float32, "tf32") == rows_tf32
+    assert kept(torch.float32, "ieee") == rows_fma
