@@ -123,10 +123,10 @@ def _precision_family_configs(keys, interpreter_row, sixteen_bit_rows, tf32_rows
 # Rows are (BLOCK_R, BLOCK_K, BLOCK_C, num_warps, num_stages), in three families (16-bit, fp32 on
 # tensor cores, fp32 "ieee" on FMA). Every GPU row was compiled offline for sm_90a at the paper
 # shape (Triton 3.9, `ptxas -v`, chunk of 8192 frames) in each dtype / dot precision of its family:
-# none spills and none needs more than 197 KB of shared memory. Rows dropped for spilling: dcos
+# none spills and none needs more than 192 KB of shared memory. Rows dropped for spilling: dcos
 # (128, 128, 64, 8, 3) in 16-bit (~600 B); at tf32x3 every 16-bit dcos row (36 B to 1.5 KB), dx
 # (128, 64, 64, 4, 3) and dp (64, 128, 128, 8, 3), (64, 64, 128, 4, 3); for "ieee" the dcos rows
-# (64, 64, 32, 4, 3), (64, 64, 16, 4, 3), (64, 128, 16, 8, 3) (20-44 B). The kernels hold 200-240
+# (64, 64, 32, 4, 3), (64, 64, 16, 4, 3), (64, 128, 16, 8, 3) (20-44 B). The kernels hold 214-231
 # registers per thread in the dcos 16-bit rows (no spill). Autotuning picks within a family per
 # (K, C, rows bucket = next power of two of the chunk's frames, HAS_FISHER for dcos, dtype, precision).
 #
