@@ -142,35 +142,75 @@ FWD_SPLIT_CONFIGS, FWD_SPLIT_PRUNE = _fwd_configs(
     [(SPLIT_BLOCK_T, 64, 16, 4, 3), (SPLIT_BLOCK_T, 64, 32, 4, 3)],
 )
 
+def _precision_family_configs(keys, interpreter_row, sixteen_bit_rows, tf32_rows, fma_rows):
+    """triton.Configs in three families, and the pruner that keeps the one matching the launch.
+
+    16-bit inputs take the wgmma tiles; fp32 inputs at "high"/"medium" (tf32x3/tf32 dots) smaller
+    tensor-core tiles, as fp32 operand tiles take twice the registers and shared memory; fp32 at
+    "highest" ("ieee") the FMA tiles. The input dtype is read from the launch's ``x_ptr``. One
+    config when interpreting.
+    """
+
+    def make(rows):
+        return [triton.Config(dict(zip(keys, row[:-2])), num_warps=row[-2], num_stages=row[-1]) for row in rows]
+
+    if INTERPRET:
+        return make([interpreter_row]), None
+    families = {"16-bit": make(sixteen_bit_rows), "tf32": make(tf32_rows), "ieee": make(fma_rows)}
+    ids = {name: {id(c) for c in configs} for name, configs in families.items()}
+
+    def prune(configs, named_args, **kwargs):
+        if kwargs.get("DOT_PRECISION") == "ieee":
+            family = "ieee"
+        else:
+            x = named_args.get("x_ptr")
+            family = "tf32" if x is not None and x.dtype.itemsize == 4 else "16-bit"
+        return [c for c in configs if id(c) in ids[family]] or configs
+
+    return [c for configs in families.values() for c in configs], {"early_config_prune": prune}
+
+
 # Backward. Every kernel's grid is fixed by the shapes (B, T, K, C and the chunk size), never by the
 # number of active frames, which only the device knows: programs past it exit at once. So nothing in
 # the backward waits for the host, and forward + backward can be captured in a CUDA graph.
 #
+# Rows are (BLOCK_R, BLOCK_K, BLOCK_C, num_warps, num_stages), in three families (16-bit, fp32 on
+# tensor cores, fp32 "ieee" on FMA). Every GPU row was compiled offline for sm_90a at the paper
+# shape (Triton 3.9, `ptxas -v`, chunk of 8192 frames) in each dtype / dot precision of its family:
+# none spills and none needs more than 192 KB of shared memory. Rows dropped for spilling: dcos
+# (128, 128, 64, 8, 3) in 16-bit (~600 B); at tf32x3 every 16-bit dcos row (36 B to 1.5 KB), dx
+# (128, 64, 64, 4, 3) and dp (64, 128, 128, 8, 3), (64, 64, 128, 4, 3); for "ieee" the dcos rows
+# (64, 64, 32, 4, 3), (64, 64, 16, 4, 3), (64, 128, 16, 8, 3) (20-44 B). The kernels hold 214-231
+# registers per thread in the dcos 16-bit rows (no spill). Autotuning picks within a family per
+# (K, C, rows bucket = next power of two of the chunk's frames, HAS_FISHER for dcos, dtype, precision).
+#
 # The dcos kernel: per tile of BLOCK_R active frames, a loop over all K prototypes (GEMM tile over C
 # plus an elementwise epilogue), so the per-frame sum radial_x is complete in registers.
-BWD_DCOS_CONFIGS, BWD_DCOS_PRUNE = _configs(
+BWD_DCOS_CONFIGS, BWD_DCOS_PRUNE = _precision_family_configs(
     ("BLOCK_R", "BLOCK_K", "BLOCK_C"),
     (16, 16, 32, 4, 1),
-    [(64, 64, 64, 4, 3), (64, 64, 32, 4, 4), (128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (128, 128, 64, 8, 3),
-     (128, 64, 32, 8, 4)],
-    [(64, 64, 32, 4, 3), (64, 64, 16, 4, 3), (64, 128, 16, 8, 3), (32, 64, 32, 4, 3)],
+    [(64, 64, 64, 4, 3), (64, 64, 32, 4, 4), (128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (128, 64, 32, 8, 4)],
+    [(64, 64, 32, 8, 3), (64, 64, 64, 8, 3), (64, 32, 32, 4, 3), (32, 64, 32, 4, 3)],
+    [(32, 64, 32, 4, 3), (32, 64, 16, 4, 3), (64, 64, 16, 8, 3), (64, 64, 32, 8, 3), (32, 32, 32, 4, 3)],
 )
 
 # dx = D @ P over a chunk of active frames: output tile BLOCK_R frames x BLOCK_C features, reduction
 # over K in steps of BLOCK_K.
-BWD_DX_CONFIGS, BWD_DX_PRUNE = _configs(
+BWD_DX_CONFIGS, BWD_DX_PRUNE = _precision_family_configs(
     ("BLOCK_R", "BLOCK_K", "BLOCK_C"),
     (16, 16, 32, 4, 1),
     [(128, 64, 128, 8, 3), (128, 64, 64, 4, 3), (64, 64, 128, 4, 3), (64, 64, 64, 4, 4), (128, 32, 128, 8, 4)],
+    [(128, 64, 128, 8, 3), (64, 64, 128, 4, 3), (64, 64, 64, 4, 4), (128, 32, 128, 8, 4)],
     [(64, 16, 64, 4, 3), (32, 32, 64, 4, 3), (64, 32, 32, 4, 3)],
 )
 
 # dp = D^T @ xh over a chunk: output tile BLOCK_K prototypes x BLOCK_C features, reduction over the
 # chunk's active frames in steps of BLOCK_R.
-BWD_DP_CONFIGS, BWD_DP_PRUNE = _configs(
+BWD_DP_CONFIGS, BWD_DP_PRUNE = _precision_family_configs(
     ("BLOCK_R", "BLOCK_K", "BLOCK_C"),
     (16, 16, 32, 4, 1),
     [(64, 128, 128, 8, 3), (64, 64, 128, 4, 3), (32, 128, 128, 8, 4), (64, 64, 64, 4, 3), (32, 64, 64, 4, 4)],
+    [(32, 128, 128, 8, 4), (64, 64, 64, 4, 3), (32, 64, 64, 4, 4)],
     [(16, 64, 64, 4, 3), (32, 32, 64, 4, 3), (32, 64, 32, 4, 3)],
 )
 
@@ -178,12 +218,10 @@ BWD_DP_CONFIGS, BWD_DP_PRUNE = _configs(
 ZERO_ROWS_BLOCK_R = 16 if INTERPRET else 32
 ZERO_ROWS_BLOCK_C = 32 if INTERPRET else 256
 
-# Smallest and largest row tile of any dcos config. The host sizes the per-row-tile partial sums
-# (radial_p, deterministic Fisher) in slots of MIN_BLOCK_R frames, so whichever config autotuning
-# picks writes inside them (unwritten slots stay zero); chunks hold a multiple of MAX_BLOCK_R frames
-# so that the slots of consecutive chunks never overlap.
+# Smallest row tile of any dcos config. The host sizes the per-row-tile partial sums (radial_p,
+# deterministic Fisher) in slots of MIN_BLOCK_R frames, cdiv(R, MIN_BLOCK_R) per chunk, so whichever
+# config autotuning picks writes inside its chunk's slots (unwritten slots stay zero).
 MIN_BLOCK_R = min(c.kwargs["BLOCK_R"] for c in BWD_DCOS_CONFIGS)
-MAX_BLOCK_R = max(c.kwargs["BLOCK_R"] for c in BWD_DCOS_CONFIGS)
 _MIN_BLOCK_R = tl.constexpr(MIN_BLOCK_R)
 
 
@@ -587,8 +625,9 @@ def _prototype_mil_bwd_dcos(
     radial_x_ptr,  # out (R,) fp32: sum over k of dcos * cos
     radial_p_ptr,  # out (n_slots, K) fp32 zeroed: per row tile, sum over its frames of dcos * cos
     fisher_ptr,  # out: (K,) fp32 zeroed, atomically added to; or (n_slots, K) fp32 zeroed partials if DETERMINISTIC
-    start,  # index of the chunk's first frame in the compacted list (a multiple of MAX_BLOCK_R)
+    start,  # index of the chunk's first frame in the compacted list
     R,  # frames per chunk
+    slot0,  # the chunk's first partial-sum slot: chunk index * cdiv(R, MIN_BLOCK_R)
     rows_bucket,  # next power of two of R: an autotuning key only
     T,
     K,
@@ -613,6 +652,9 @@ def _prototype_mil_bwd_dcos(
     x with a BLOCK_C x BLOCK_K tile of P) and s, and writes D (BLOCK_R x BLOCK_K, x's dtype).
     Reads: x rows (BLOCK_R x C) once per K tile, all of P, the tables; writes D, radial_x, and one
     K-row of radial_p / Fisher partials (or K atomics). Programs past the active count exit.
+    The re-reads of a program's own x tile (BLOCK_R x C, 128 KB at 64 x 1024 bf16) on each of its
+    K / BLOCK_K steps follow each other closely: the 132 programs in flight hold about 17 MB of x
+    tiles plus P (2 MB) in the 50 MB L2, so x crosses HBM about once (modelled, not measured).
     """
     pid = tl.program_id(0)
     n = _active_chunk_rows(count_ptr, start, R)
@@ -641,7 +683,7 @@ def _prototype_mil_bwd_dcos(
 
         radial_x = tl.zeros((BLOCK_R,), tl.float32)
         # partial-sum slot of this row tile, in units of the smallest row tile of any config
-        slot = (start + row0) // _MIN_BLOCK_R
+        slot = slot0 + row0 // _MIN_BLOCK_R
         if HAS_FISHER:
             # eq. (4): ||dcos * d cos / d p_k||^2 = dcos^2 (|xh|^2 - cos^2) / max(|p_k|, eps)^2
             xh_sq = x_norm * inv_x

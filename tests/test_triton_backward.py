@@ -28,9 +28,8 @@ from lpmn_fast import prototype_mil  # noqa: E402
 from lpmn_fast.kernels import prototype_mil as kernels  # noqa: E402
 from lpmn_fast.ops import triton_op  # noqa: E402
 
-# The interpreter's row tile is 16 frames, so 16-frame chunks are the smallest the kernels accept;
-# on a GPU chunks must hold a multiple of the largest row tile.
-TINY_CHUNK = kernels.MAX_BLOCK_R
+# Backward chunks of 16 active frames: one interpreter row tile, a fraction of a GPU one.
+TINY_CHUNK = 16
 
 
 @pytest.fixture
@@ -128,7 +127,9 @@ def test_gradient_subsets_and_fisher_only_prototypes(monkeypatch, chunked):
 
 
 @pytest.mark.parametrize("deterministic", [True, False])
-def test_chunked_fisher_and_determinism(tiny_chunks, deterministic):
+@pytest.mark.parametrize("chunk_rows", [TINY_CHUNK, TINY_CHUNK + 8])  # 24: chunks end inside a row tile
+def test_chunked_fisher_and_determinism(monkeypatch, deterministic, chunk_rows):
+    monkeypatch.setattr(triton_op, "_chunk_rows", lambda K, C: chunk_rows)
     shape = (4, 40, 24, 9)
     x, p, lengths, upstream = make_inputs(shape, seed=15)
     runs = [run_op(x, p, lengths, 0.3, upstream, deterministic=deterministic) for _ in range(2)]
@@ -335,3 +336,22 @@ def test_backward_across_gpu_tiles_bf16(shape):
     x, p, lengths, upstream = make_inputs(shape, seed=24, dtype=torch.bfloat16)
     out, dx, dp, fisher = run_op(x, p, lengths, 0.5, upstream)
     check_against_reference(out, dx, dp, fisher, x, p, lengths, 0.5, upstream, REDUCED_TOLS[torch.bfloat16])
+
+
+def test_backward_config_families_follow_dtype_and_precision(monkeypatch):
+    # The GPU config lists (the interpreter keeps one config): each launch keeps its own family.
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    rows16, rows_tf32, rows_fma = [(64, 64, 64, 4, 3)], [(64, 64, 32, 8, 3), (32, 64, 32, 4, 3)], [(32, 32, 32, 4, 3)]
+    configs, prune = kernels._precision_family_configs(("BLOCK_R", "BLOCK_K", "BLOCK_C"), (16, 16, 32, 4, 1),
+                                                       rows16, rows_tf32, rows_fma)
+    prune = prune["early_config_prune"]
+    assert len(configs) == 4
+
+    def kept(dtype, precision):
+        args = {"x_ptr": torch.empty(1, dtype=dtype)}
+        return [(c.kwargs["BLOCK_R"], c.kwargs["BLOCK_K"], c.kwargs["BLOCK_C"], c.num_warps, c.num_stages)
+                for c in prune(configs, args, DOT_PRECISION=precision)]
+
+    assert kept(torch.bfloat16, "tf32") == rows16 and kept(torch.float16, "tf32") == rows16
+    assert kept(torch.float32, "tf32x3") == rows_tf32 and kept(torch.float32, "tf32") == rows_tf32
+    assert kept(torch.float32, "ieee") == rows_fma

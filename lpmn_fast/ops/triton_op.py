@@ -200,7 +200,7 @@ def prototype_mil_forward(
 
 
 def _chunk_rows(K: int, C: int) -> int:
-    """Active frames per backward chunk: a multiple of 128 (>= every row tile) with rows * K <= CHUNK_ELEMENTS."""
+    """Active frames per backward chunk: a multiple of 128 with rows * K <= CHUNK_ELEMENTS."""
     return max(128, CHUNK_ELEMENTS // K // 128 * 128)
 
 
@@ -270,9 +270,8 @@ def prototype_mil_backward(
     n_max = rows.numel() - 1
     R = min(_chunk_rows(K, C), n_max)
     n_chunks = triton.cdiv(n_max, R)
-    if n_chunks > 1 and R % kernels.MAX_BLOCK_R:
-        raise RuntimeError(f"backward chunks of {R} frames must be a multiple of {kernels.MAX_BLOCK_R} frames")
-    n_slots = n_chunks * triton.cdiv(R, kernels.MIN_BLOCK_R)  # per-row-tile partial sums over all chunks
+    chunk_slots = triton.cdiv(R, kernels.MIN_BLOCK_R)  # per-row-tile partial sums, a disjoint range per chunk
+    n_slots = n_chunks * chunk_slots
     rows_bucket = triton.next_power_of_2(R)
 
     f32 = torch.float32
@@ -297,7 +296,7 @@ def prototype_mil_backward(
         kernels._prototype_mil_bwd_dcos[lambda meta: (triton.cdiv(R, meta["BLOCK_R"]),)](
             x, *x.stride(), prototypes, *prototypes.stride(), rows, count, x_norm, p_norm, lse2, frame_index,
             grad_pooled, *grad_pooled.stride(), pooled32, scale, d, radial_x, radial_parts, fisher_out,
-            start, R, rows_bucket, T, K, C, kernels.LOG2E / tau, 1.0 / tau, EPS,
+            start, R, chunk * chunk_slots, rows_bucket, T, K, C, kernels.LOG2E / tau, 1.0 / tau, EPS,
             HAS_FISHER=has_fisher, DETERMINISTIC=deterministic, NEED_DX=need_dx, NEED_DP=need_dp,
             UPCAST=upcast, DOT_PRECISION=precision,
         )
