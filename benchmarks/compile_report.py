@@ -99,9 +99,10 @@ def _fwd_args(dtype, precision):
 
     f32, i64 = torch.float32, torch.int64
     return dict(
-        **_x_args(dtype), lengths_ptr=_tensor(i64), x_norm_ptr=_tensor(f32), p_norm_ptr=_tensor(f32),
-        lse2_ptr=_tensor(f32), nearest_ptr=_tensor(i64), keys_ptr=_tensor(i64), T=T, K=K, C=C,
-        scale2=1.4426950408889634, eps=1e-12, ROWS_BUCKET=65536, UPCAST=False, DOT_PRECISION=precision,
+        **_x_args(dtype), offsets_ptr=_tensor(i64), x_norm_ptr=_tensor(f32), p_norm_ptr=_tensor(f32),
+        lse2_ptr=_tensor(f32), nearest_ptr=_tensor(i64), keys_ptr=_tensor(i64), B=B, T=T, K=K, C=C,
+        scale2=1.4426950408889634, eps=1e-12, ROWS_BUCKET=65536, SEARCH_STEPS=B.bit_length(), UPCAST=False,
+        DOT_PRECISION=precision,
     )
 
 
@@ -147,7 +148,7 @@ def _dcos_args(dtype, precision):
         p_norm_ptr=_tensor(f32), lse2_ptr=_tensor(f32), frame_index_ptr=_tensor(i64), dpooled_ptr=_tensor(dtype),
         stride_gb=K, stride_gk=1, pooled_ptr=_tensor(f32), scale_ptr=_tensor(f32), d_ptr=_tensor(dtype),
         radial_x_ptr=_tensor(f32), radial_p_ptr=_tensor(f32), fisher_ptr=_tensor(f32), start=START, R=R,
-        rows_bucket=R, T=T, K=K, C=C, scale2=1.4426950408889634, inv_tau=1.0, eps=1e-12,
+        slot0=START // 16, rows_bucket=R, T=T, K=K, C=C, scale2=1.4426950408889634, inv_tau=1.0, eps=1e-12,
         HAS_FISHER=True, DETERMINISTIC=False, NEED_DX=True, NEED_DP=True, UPCAST=False, DOT_PRECISION=precision,
     )
 

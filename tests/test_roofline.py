@@ -98,12 +98,13 @@ def test_fused_forward_matches_hand_counts(monkeypatch):
     names = [l.name for l in p.launches]
     assert names.count("_prototype_mil_fwd") == 1 and not any("split" in n for n in names)
     fwd = p.launches[names.index("_prototype_mil_fwd")]
-    # tiles that start inside their utterance: 40 -> 3, 17 -> 2, 1 -> 1; K 37 -> 48, C 33 -> 64
-    assert fwd.programs == 3 * 3
-    assert fwd.flops == 2 * (2 * 6 * 16 * 48 * 64)  # two sweeps over K
+    # the 58 valid frames packed into tiles of 16: 4 computing tiles of the cdiv(3 * 40, 16) = 8 programs;
+    # K 37 -> 48, C 33 -> 64
+    assert fwd.programs == 8
+    assert fwd.flops == 2 * (2 * 4 * 16 * 48 * 64)  # two sweeps over K
     x_reads = (2 * 3 + 1) * 58 * 33 * BF16  # |x| pass + 2 sweeps x 3 K tiles, 58 valid rows
-    assert fwd.hbm_bytes == (x_reads + 37 * 33 * BF16 + 37 * F32 + 3 * I64
-                             + 3 * 40 * (F32 + F32 + I64) + 3 * 37 * I64)
+    assert fwd.hbm_bytes == (x_reads + 37 * 33 * BF16 + 37 * F32 + 4 * I64
+                             + 58 * (F32 + F32 + I64) + 3 * 37 * I64)
     assert fwd.x_rereads == x_reads - 58 * 33 * BF16
     # host glue: |p| only (|x| is fused into the kernel), then the keys' initial fill
     (norm,) = [l for l in p.launches if l.name == "linalg_vector_norm"]
@@ -123,7 +124,7 @@ def test_split_k_forward_matches_hand_counts(monkeypatch):
     # 3 slices 16 wide (16, 16, 5 prototypes), each one K tile: together the same dots as one launch
     assert lse[0].programs == mx[0].programs == 3 * 3 * 3
     assert lse[0].flops == mx[0].flops == 3 * (2 * 6 * 16 * 16 * 64)
-    assert lse[0].flops + mx[0].flops == 2 * (2 * 6 * 16 * 48 * 64)
+    assert lse[0].flops + mx[0].flops == 2 * (2 * 6 * 16 * 48 * 64)  # per-utterance tiles: 3 + 2 + 1
 
 
 def test_modelled_gpu_splits_small_batches_only():

@@ -112,15 +112,37 @@ def _sweeps(a: dict, data: LaunchData, B: int, T: int, k_width: int, sweeps: int
 
 
 def forward_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
-    """``_prototype_mil_fwd``: grid (B, cdiv(T, BLOCK_T)); |x|, both sweeps over all K, atomic max per tile."""
-    B, T, K, C = grid[0], a["T"], a["K"], a["C"]
-    tiles, rows, flops, x_reads, p_issued = _sweeps(a, data, B, T, K, sweeps=2, norm_pass=True)
-    ps = _size(a["p_ptr"])
-    stats_out = B * T * (F32 + F32 + I64)  # |x|, lse2, nearest (padding rows too)
-    keys = B * K * I64  # atomics resolve in L2; the table is written back once
-    hbm = x_reads + _shared(K * C * ps, tiles) + K * F32 + B * I64 + stats_out + keys
-    issued = x_reads + p_issued + 2 * tiles * K * F32 + grid[0] * grid[1] * I64 + stats_out + tiles * K * I64
-    return KernelCost(flops, 2 * rows * K * C, hbm, issued, grid[0] * grid[1], x_reads - rows * C * _size(a["x_ptr"]))
+    """``_prototype_mil_fwd``: grid (cdiv(B*T, BLOCK_T),) over the packed valid frames of the batch.
+
+    A tile holds BLOCK_T consecutive valid frames (utterance after utterance), so only the batch's
+    last computing tile has padding rows; programs past the valid frames exit. Per computing tile:
+    |x|, then both sweeps over all K; each row finds its utterance by a binary search over offsets;
+    atomic maxima go to the tile's first and last utterance (and element-wise to any in between).
+    """
+    B, T, K, C, BT = a["B"], a["T"], a["K"], a["C"], a["BLOCK_T"]
+    lengths = _lengths(data, B, T)
+    rows = sum(lengths)
+    tiles = _cdiv(rows, BT)
+    n_k = _cdiv(K, a["BLOCK_K"])
+    xs, ps = _size(a["x_ptr"]), _size(a["p_ptr"])
+    flops = 2 * 2 * (tiles * BT) * (n_k * a["BLOCK_K"]) * _pad(C, a["BLOCK_C"])
+    x_reads = (2 * n_k + 1) * rows * C * xs
+    stats_out = rows * (F32 + F32 + I64)  # |x|, lse2, nearest of the valid rows (the host fills padding)
+    # utterances a tile touches: its first, plus one per utterance boundary inside it
+    touched = tiles + sum(1 for n in _cumulative(lengths)[:-1] if n % BT)
+    search = tiles * BT * a["SEARCH_STEPS"] * I64
+    hbm = x_reads + _shared(K * C * ps, tiles) + K * F32 + (B + 1) * I64 + stats_out + B * K * I64
+    issued = (x_reads + 2 * tiles * K * C * ps + 2 * tiles * K * F32 + grid[0] * I64 + search + stats_out
+              + touched * K * I64)
+    return KernelCost(flops, 2 * rows * K * C, hbm, issued, grid[0], x_reads - rows * C * xs)
+
+
+def _cumulative(lengths: list[int]) -> list[int]:
+    out, total = [], 0
+    for n in lengths:
+        total += n
+        out.append(total)
+    return out
 
 
 def split_lse_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
