@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from .cases import LENGTH_DISTRIBUTION, Case, matmul_cases, op_cases, resolve_profile, train_cases
-from .report import derive, modelled_machine, render, summary
+from .report import derive, render, summary
 
 RESULTS = Path(__file__).parent / "results"
 # Seconds a case needs left in the budget to be worth starting: compiling dominates on a GPU.
@@ -120,6 +120,8 @@ class BenchEnv:
 
     def write(self) -> None:
         from lpmn_fast.data.atomic import write_text_atomic
+
+        from .report import modelled_machine
 
         doc = {**self.doc, "records": derive(self.doc["records"], modelled_machine(self.doc))}
         # Atomic: readers never see half a file, even if the run is killed.
