@@ -291,8 +291,10 @@ def summary(doc: dict) -> str:
 
 
 def plot(doc: dict, path: str | Path) -> bool:
-    """Time vs K and vs T (mode full) per provider, log-log, to a PNG. False if there is nothing to plot."""
+    """Time vs K and vs T (mode full) per provider, log-log, to a PNG, with the ledger's modelled time
+    dashed where the records carry it. False if there is nothing to plot."""
     records = derive(doc.get("records", []))
+    machine = modelled_machine(doc) or "H100"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,8 +313,14 @@ def plot(doc: dict, path: str | Path) -> bool:
             med = [p[1]["median"] * 1e3 for p in pts]
             lo = [max(0.0, m - (p[1].get("q1") or p[1]["median"]) * 1e3) for m, p in zip(med, pts)]
             hi = [max(0.0, (p[1].get("q3") or p[1]["median"]) * 1e3 - m) for m, p in zip(med, pts)]
-            ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=provider)
+            bars = ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=provider)
             drawn = True
+            # the roofline ledger's modelled time beside it (the run's GPU, else the H100), dashed
+            model = sorted((r[axis], r["modelled"]["s"][machine]) for r in sweep
+                           if r["provider"] == provider and machine in ((r.get("modelled") or {}).get("s") or {}))
+            if model:
+                ax.plot([m[0] for m in model], [m[1] * 1e3 for m in model], linestyle="--", linewidth=1,
+                        color=bars[0].get_color(), label=f"{provider} (modelled, {machine})")
         if sweep:
             fixed = ", ".join(f"{k}={sweep[0][k]}" for k in ("B", "T", "C", "K") if k != axis)
             ax.set_title(f"full pass vs {axis} ({sweep[0]['dtype']}, {fixed})", fontsize=9)

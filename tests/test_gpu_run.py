@@ -70,3 +70,28 @@ def test_script_parses_and_documents_its_options():
         assert word in help_text.stdout
     bad = subprocess.run(["bash", str(SCRIPT), "--frobnicate"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "unknown option" in bad.stderr
+
+
+def test_plot_draws_the_model_dashed_beside_the_measurement(tmp_path, monkeypatch):
+    matplotlib = pytest.importorskip("matplotlib")
+    records = []
+    for K in (128, 512):
+        for provider, t in (("triton", 1e-3), ("eager", 4e-3)):
+            r = _record(provider, t * K / 128, model={"H100": t * K / 256, "H200": t * K / 300},
+                        shape=(8, 100, 64, K))
+            r["sweeps"] = ["K"]
+            records.append(r)
+    matplotlib.use("Agg")
+    import matplotlib.axes
+
+    labels = []
+    original = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kwargs):
+        labels.append(kwargs.get("label"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    assert report.plot(_doc(records, device="NVIDIA H200"), tmp_path / "p.png")
+    assert "triton (modelled, H200)" in labels and "eager (modelled, H200)" in labels
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
