@@ -113,14 +113,14 @@ def _fwd_configs(interpreter_row, sixteen_bit_rows, tf32_rows, fma_rows):
 # were compiled offline for sm_90a at the paper shape (Triton 3.9, `ptxas -v`): every row listed
 # compiles without register spills and within 227 KB of shared memory in every dtype and dot
 # precision its family serves (16-bit rows with wgmma). Rows dropped for spilling: (128, 128, 32,
-# 8, 4) in 16-bit (72 B), (64, 64, 32, 4, 3) for "ieee" (24 B), and every 16-bit row at tf32x3
-# (20 B to 2 KB), hence the separate fp32 tensor-core family. Autotuning picks among a family per
-# (K, C, bucketed B * T, dtype, precision).
+# 8, 4) in 16-bit (72 B), (64, 64, 32, 4, 3) for "ieee" and tf32x3 (24 B, 4 B), and every 16-bit
+# row at tf32x3 (20 B to 2 KB), hence the separate fp32 tensor-core family. Autotuning picks among
+# a family per (K, C, bucketed B * T, dtype, precision).
 FWD_CONFIGS, FWD_PRUNE = _fwd_configs(
     (16, 16, 32, 4, 1),
     [(64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (128, 128, 64, 8, 3), (64, 128, 32, 4, 4),
      (64, 256, 64, 8, 3)],
-    [(64, 64, 32, 4, 3), (64, 64, 64, 8, 3), (64, 128, 32, 8, 3), (128, 64, 32, 8, 3)],
+    [(64, 64, 64, 8, 3), (64, 128, 32, 8, 3), (128, 64, 32, 8, 3)],
     [(64, 64, 16, 4, 3), (128, 64, 16, 8, 3), (64, 128, 16, 8, 3), (32, 64, 32, 4, 3)],
 )
 
