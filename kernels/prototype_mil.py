@@ -119,14 +119,14 @@ def _fwd_configs(interpreter_row, sixteen_bit_rows, tf32_rows, fma_rows):
 # were compiled offline for sm_90a at the paper shape (Triton 3.9, `ptxas -v`): every row listed
 # compiles without register spills and within 227 KB of shared memory in every dtype and dot
 # precision its family serves (16-bit rows with wgmma). Rows dropped for spilling: (128, 128, 32,
-# 8, 4) in 16-bit (72 B), (64, 64, 32, 4, 3) for "ieee" (24 B), and every 16-bit row at tf32x3
-# (20 B to 2 KB), hence the separate fp32 tensor-core family. Autotuning picks among a family per
-# (K, C, bucketed B * T, dtype, precision).
+# 8, 4) in 16-bit (72 B), (64, 64, 32, 4, 3) for "ieee" and tf32x3 (24 B, 4 B), and every 16-bit
+# row at tf32x3 (20 B to 2 KB), hence the separate fp32 tensor-core family. Autotuning picks among
+# a family per (K, C, bucketed B * T, dtype, precision).
 FWD_CONFIGS, FWD_PRUNE = _fwd_configs(
     (16, 16, 32, 4, 1),
     [(64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (128, 128, 64, 8, 3), (64, 128, 32, 4, 4),
      (64, 256, 64, 8, 3)],
-    [(64, 64, 32, 4, 3), (64, 64, 64, 8, 3), (64, 128, 32, 8, 3), (128, 64, 32, 8, 3)],
+    [(64, 64, 64, 8, 3), (64, 128, 32, 8, 3), (128, 64, 32, 8, 3)],
     [(64, 64, 16, 4, 3), (128, 64, 16, 8, 3), (64, 128, 16, 8, 3), (32, 64, 32, 4, 3)],
 )
 
@@ -349,9 +349,10 @@ def _fwd_max_sweep(x_rows, stride_xc, row_mask, inv_x, p_ptr, stride_pk, stride_
     """Sweep 2 over prototypes [k_lo, k_hi): this tile's max over its valid frames t of the packed
     (u = log2 s, frame) key per prototype, merged into keys (B, K) by atomic maxima.
 
-    The tile's rows may span utterances b_row (increasing, b_lo to b_hi): the first and the last
-    each get one masked max over the tile; whole utterances in between (only when they are
-    shorter than a tile) go element by element.
+    The tile's rows may span utterances b_row (increasing, b_lo to b_hi): each gets one masked max
+    over the tile. Utterances between the first and the last (whole ones, shorter than a tile) are
+    rare in speech batches and merged in a loop: per-element atomics would need a (BLOCK_T,
+    BLOCK_K) pointer tile, which spills registers on sm_90.
     """
     acc = tl.zeros((BLOCK_T, BLOCK_K), tl.float32)
     n_c = tl.cdiv(C, BLOCK_C)
@@ -371,23 +372,22 @@ def _fwd_max_sweep(x_rows, stride_xc, row_mask, inv_x, p_ptr, stride_pk, stride_
             if b_hi != b_lo:
                 last = tl.max(tl.where((b_row == b_hi)[:, None], key, _KEY_INIT), axis=0)
                 tl.atomic_max(keys_ptr + b_hi * K + k, last, mask=k_mask, sem="relaxed")
-                if b_hi - b_lo > 1:
-                    middle = (b_row > b_lo) & (b_row < b_hi) & row_mask
-                    tl.atomic_max(keys_ptr + b_row[:, None] * K + k[None, :], key,
-                                  mask=middle[:, None] & k_mask[None, :], sem="relaxed")
+                for bb in range(b_lo + 1, b_hi):  # whole utterances inside the tile (shorter than it)
+                    mid = tl.max(tl.where((b_row == bb)[:, None], key, _KEY_INIT), axis=0)
+                    tl.atomic_max(keys_ptr + bb * K + k, mid, mask=k_mask, sem="relaxed")
             acc = tl.zeros((BLOCK_T, BLOCK_K), tl.float32)
 
 
 @triton.jit
 def _fwd_tile(b, pid_t, lengths_ptr, T, BLOCK_T: tl.constexpr):
-    """Frames t (int64) of tile pid_t of utterance b, in_T and valid masks, and whether the tile is all padding.
+    """Frames t (int64) of tile pid_t of utterance b, their valid mask, and whether any is valid.
 
     The length is clamped to [1, T] here: on CUDA the host checks lengths without a sync
     (torch._assert_async), so a bad length must not lead any index out of range before that fires.
     """
     length = tl.minimum(tl.maximum(tl.load(lengths_ptr + b), 1), T)
     t = pid_t.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
-    return t, t < T, t < length, pid_t * BLOCK_T >= length
+    return t, t < length, pid_t * BLOCK_T < length
 
 
 # restore_value: autotuning launches every config many times into the same keys, and an atomic max
@@ -494,16 +494,13 @@ def _prototype_mil_fwd_split_lse(
     b = tl.program_id(0).to(tl.int64)
     pid_t = tl.program_id(1)
     s = tl.program_id(2).to(tl.int64)
-    t, in_T, valid, empty = _fwd_tile(b, pid_t, lengths_ptr, T, BLOCK_T)
+    t, valid, live = _fwd_tile(b, pid_t, lengths_ptr, T, BLOCK_T)
     stat_offsets = b * T + t
-    if empty:
-        if s == 0:
-            tl.store(x_norm_ptr + stat_offsets, tl.zeros((BLOCK_T,), tl.float32), mask=in_T)
-    else:
+    if live:  # tiles of padding only: nothing to do (the host set padding's statistics)
         x_rows = x_ptr + b * stride_xb + t * stride_xt
         x_norm = _fwd_row_norm(x_rows, stride_xc, valid, C, BLOCK_T, BLOCK_C)
         if s == 0:
-            tl.store(x_norm_ptr + stat_offsets, x_norm, mask=in_T)
+            tl.store(x_norm_ptr + stat_offsets, x_norm, mask=valid)
         inv_x = 1.0 / tl.maximum(x_norm, eps)
         k_lo = s * K_SLICE
         m, l, best, best_k = _fwd_lse_sweep(x_rows, stride_xc, valid, inv_x, p_ptr, stride_pk, stride_pc, p_norm_ptr,
@@ -511,10 +508,10 @@ def _prototype_mil_fwd_split_lse(
                                             BLOCK_T, BLOCK_K, BLOCK_C, UPCAST, DOT_PRECISION)
         BT = B * T
         part = part_ptr + s * 3 * BT + stat_offsets
-        tl.store(part, m, mask=in_T)
-        tl.store(part + BT, l, mask=in_T)
-        tl.store(part + 2 * BT, best, mask=in_T)
-        tl.store(part_k_ptr + s * BT + stat_offsets, best_k, mask=in_T)
+        tl.store(part, m, mask=valid)
+        tl.store(part + BT, l, mask=valid)
+        tl.store(part + 2 * BT, best, mask=valid)
+        tl.store(part_k_ptr + s * BT + stat_offsets, best_k, mask=valid)
 
 
 @triton.autotune(configs=FWD_SPLIT_CONFIGS, key=["K", "C", "K_SLICE", "ROWS_BUCKET", "DOT_PRECISION"],
@@ -556,13 +553,9 @@ def _prototype_mil_fwd_split_max(
     b = tl.program_id(0).to(tl.int64)
     pid_t = tl.program_id(1)
     s = tl.program_id(2).to(tl.int64)
-    t, in_T, valid, empty = _fwd_tile(b, pid_t, lengths_ptr, T, BLOCK_T)
+    t, valid, live = _fwd_tile(b, pid_t, lengths_ptr, T, BLOCK_T)
     stat_offsets = b * T + t
-    if empty:
-        if s == 0:
-            tl.store(nearest_ptr + stat_offsets, tl.full((BLOCK_T,), -1, tl.int64), mask=in_T)
-            tl.store(lse2_ptr + stat_offsets, tl.zeros((BLOCK_T,), tl.float32), mask=in_T)
-    else:
+    if live:
         BT = B * T
         m = tl.full((BLOCK_T,), float("-inf"), tl.float32)
         l = tl.zeros((BLOCK_T,), tl.float32)
@@ -582,8 +575,8 @@ def _prototype_mil_fwd_split_max(
             best_k = tl.where(better, k_j, best_k)
         lse2 = m + tl.log2(l)
         if s == 0:
-            tl.store(lse2_ptr + stat_offsets, tl.where(valid, lse2, 0.0), mask=in_T)
-            tl.store(nearest_ptr + stat_offsets, tl.where(valid, best_k, -1), mask=in_T)
+            tl.store(lse2_ptr + stat_offsets, lse2, mask=valid)
+            tl.store(nearest_ptr + stat_offsets, best_k, mask=valid)
         x_rows = x_ptr + b * stride_xb + t * stride_xt
         x_norm = tl.load(x_norm_ptr + stat_offsets, mask=valid, other=1.0)
         inv_x = 1.0 / tl.maximum(x_norm, eps)
