@@ -58,14 +58,15 @@ from .reference import EPS
 CHUNK_ELEMENTS = 1 << 23
 
 
+def launch_device(x: Tensor):
+    """Context in which to launch kernels on x's device: Triton launches on the current CUDA device,
+    so a tensor on cuda:1 needs torch.cuda.device(1) around the launch (no-op off CUDA)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def _alloc(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, zero: bool = False) -> Tensor:
     """Every buffer a kernel writes into is allocated here (the tests poison and guard them)."""
     return torch.zeros(shape, dtype=dtype, device=device) if zero else torch.empty(shape, dtype=dtype, device=device)
-
-
-def launch_device(x):
-    """Context in which to launch kernels on x: Triton launches on the current CUDA device, not x's."""
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def check_fused_device(x: Tensor) -> None:
