@@ -261,8 +261,16 @@ def prototype_mil_backward(
     Returns dx (B, T, C) in x's dtype (zero on frames that win no max) and dp (K, C) in the
     prototypes' dtype, None where not needed. ``deterministic``: Fisher partial sums per row
     tile added in a fixed order instead of atomics (every other step is deterministic anyway).
-    No host synchronisation: the launches depend on the shapes only.
+    No host synchronisation: the launches depend on the shapes only. Launches on x's device.
     """
+    with launch_device(x):
+        return _backward_launches(grad_pooled, x, prototypes, frame_index, pooled32, lse2, x_norm, p_norm, tau,
+                                  fisher, deterministic, need_dx, need_dp)
+
+
+def _backward_launches(grad_pooled, x, prototypes, frame_index, pooled32, lse2, x_norm, p_norm, tau, fisher,
+                       deterministic, need_dx, need_dp):
+    """The body of :func:`prototype_mil_backward`, run with x's device current."""
     B, T, C = x.shape
     K = prototypes.shape[0]
     device = x.device
@@ -366,11 +374,10 @@ def _fused_backward_op(
     need_dx: bool,
     need_dp: bool,
 ) -> tuple[Tensor, Tensor]:
-    with launch_device(x):
-        dx, dp = prototype_mil_backward(
-            grad_pooled, x, prototypes, frame_index, pooled32, lse2, x_norm, p_norm, tau, fisher, deterministic,
-            need_dx, need_dp,
-        )
+    dx, dp = prototype_mil_backward(
+        grad_pooled, x, prototypes, frame_index, pooled32, lse2, x_norm, p_norm, tau, fisher, deterministic,
+        need_dx, need_dp,
+    )
     # a custom op returns tensors: empty ones stand for "not needed"
     return (dx if need_dx else x.new_empty(0)), (dp if need_dp else prototypes.new_empty(0))
 
