@@ -146,7 +146,10 @@ def _cumulative(lengths: list[int]) -> list[int]:
 
 
 def split_lse_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
-    """``_prototype_mil_fwd_split_lse``: grid (B, cdiv(T, BLOCK_T), S); |x| and sweep 1 over one slice each."""
+    """``_prototype_mil_fwd_split_lse``: grid (B, cdiv(T, BLOCK_T), S); |x| and sweep 1 over one slice each.
+
+    Tiles of padding only exit; the host sets padding's statistics.
+    """
     B, T, K, C, W = grid[0], a["T"], a["K"], a["C"], a["K_SLICE"]
     S = grid[2]
     widths = [min(W, K - s * W) for s in range(S)]
@@ -155,10 +158,9 @@ def split_lse_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
     flops = sum(p[2] for p in parts)
     x_reads = sum(p[3] for p in parts)
     p_issued = sum(p[4] for p in parts)
-    tile_rows = min(tiles * a["BLOCK_T"], B * T)  # rows of computing tiles inside T
-    part_out = S * tile_rows * (3 * F32 + I64)
-    hbm = x_reads + _shared(K * C * _size(a["p_ptr"]), tiles) + K * F32 + B * I64 + B * T * F32 + part_out
-    issued = x_reads + p_issued + tiles * K * F32 + B * grid[1] * S * I64 + B * T * F32 + part_out
+    part_out = S * rows * (3 * F32 + I64)  # valid rows only (the host sets padding's statistics)
+    hbm = x_reads + _shared(K * C * _size(a["p_ptr"]), tiles) + K * F32 + B * I64 + rows * F32 + part_out
+    issued = x_reads + p_issued + tiles * K * F32 + B * grid[1] * S * I64 + rows * F32 + part_out
     return KernelCost(flops, 2 * rows * K * C, hbm, issued, B * grid[1] * S, x_reads - rows * C * _size(a["x_ptr"]))
 
 
@@ -173,7 +175,7 @@ def split_max_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
     x_reads = sum(p[3] for p in parts)
     p_issued = sum(p[4] for p in parts)
     part_in = S * rows * (3 * F32 + I64)  # every slice's program reads all S partials of its valid rows
-    stats_out = B * T * (F32 + I64)
+    stats_out = rows * (F32 + I64)  # lse2 and nearest of the valid rows, by slice 0
     hbm = (x_reads + _shared(K * C * _size(a["p_ptr"]), tiles) + K * F32 + B * I64 + _shared(part_in, S)
            + S * rows * F32 + stats_out + B * K * I64)
     issued = (x_reads + p_issued + tiles * K * F32 + B * grid[1] * S * I64 + S * part_in + S * rows * F32
