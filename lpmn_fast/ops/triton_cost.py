@@ -15,7 +15,9 @@ What is counted:
   (1) A program's re-reads of its own x rows, once per K tile of a sweep, are counted every time
   (an upper estimate: a GPU run's measured/modelled ratio says how much L2 saves).
   (2) An operand several programs read (the prototypes, a chunk's D, the (B, K) tables) crosses
-  DRAM once if it fits in half the L2 (``L2_SHARE``), else once per program that reads it.
+  DRAM once if the programs sharing a tile of it run next to each other (neighbouring program
+  ids, e.g. the feature tiles of one row tile of D in the dx GEMM) or if it fits in half the L2
+  (``L2_SHARE``), else once per program that reads it.
   Masked lanes move no bytes; programs that exit at once (padding tiles, frames past the active
   count) move only what they read to decide so.
 * ``x_rereads``: the part of ``hbm_bytes`` that rule (1) adds over reading each x row once per
@@ -225,7 +227,8 @@ def dx_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
     d_once, p_once = n * K * ds, K * C * ps
     stats = n * (I64 + F32 + F32)  # rows, |x|, radial_x
     epilogue = n * C * xs * 2  # x tile read, dx tile written
-    hbm = _shared(d_once, n_c) + _shared(p_once, n_r) + stats + epilogue + grid[0] * grid[1] * I64
+    # the feature tile varies fastest: the n_c programs of a row tile of D run together (rule 2)
+    hbm = (d_once if n_r else 0) + _shared(p_once, n_r) + stats + epilogue + grid[0] * grid[1] * I64
     issued = n_c * d_once + n_r * p_once + n_c * stats + epilogue + grid[0] * grid[1] * I64
     return KernelCost(flops, 2 * n * K * C, hbm, issued, grid[0] * grid[1])
 
@@ -241,7 +244,8 @@ def dp_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
     stats = n * (I64 + F32)  # rows, |x|
     tail = (K * C * F32 if a["ACCUMULATE"] else 0)  # the running sum g read back
     tail += K * C * _size(a["dp_ptr"]) + K * C * ps + K * 2 * F32 if a["LAST"] else K * C * F32  # dp or g written
-    hbm = _shared(d_once, n_c) + _shared(x_once, n_k) + _shared(stats, n_k * n_c) + tail + n_k * n_c * I64
+    # the prototype tile varies fastest: the n_k programs of a feature tile of x run together (rule 2)
+    hbm = _shared(d_once, n_c) + x_once + _shared(stats, n_k * n_c) + tail + n_k * n_c * I64
     issued = n_c * d_once + n_k * x_once + n_k * n_c * stats + tail + n_k * n_c * I64
     return KernelCost(flops, 2 * n * K * C, hbm, issued, n_k * n_c)
 
