@@ -236,8 +236,8 @@ def test_config_families_follow_dtype_and_precision(monkeypatch):
     # The GPU lists (built here with INTERPRET off): 16-bit inputs get the wgmma rows, fp32 at
     # "high"/"medium" the fp32 tensor-core rows, fp32 at "highest" the FMA rows.
     monkeypatch.setattr(kernels, "INTERPRET", False)
-    configs, prune = kernels._fwd_configs((16, 16, 32, 4, 1), [(64, 64, 64, 4, 3)], [(64, 64, 32, 8, 3)],
-                                          [(32, 64, 16, 4, 3)])
+    configs, prune = kernels._precision_family_configs(("BLOCK_T", "BLOCK_K", "BLOCK_C"), (16, 16, 32, 4, 1),
+                                                       [(64, 64, 64, 4, 3)], [(64, 64, 32, 8, 3)], [(32, 64, 16, 4, 3)])
     prune = prune["early_config_prune"]
 
     def picked(dtype, precision):
