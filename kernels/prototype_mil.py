@@ -85,14 +85,14 @@ def _configs(keys, interpreter_row, tensor_core_rows, fma_rows):
     return tensor_core + fma, {"early_config_prune": prune}
 
 
-def _fwd_configs(interpreter_row, sixteen_bit_rows, tf32_rows, fma_rows):
-    """The forward's triton.Configs and pruner: three families on a GPU, one config when interpreting.
+def _precision_family_configs(keys, interpreter_row, sixteen_bit_rows, tf32_rows, fma_rows):
+    """triton.Configs in three families, and the pruner that keeps the one matching the launch.
 
     16-bit inputs take the wgmma tiles; fp32 inputs at "high"/"medium" (tf32x3/tf32 dots) smaller
-    tensor-core tiles, since the fp32 operand tiles take twice the registers and shared memory;
-    fp32 at "highest" ("ieee") the FMA tiles, whose operands live in registers.
+    tensor-core tiles, as fp32 operand tiles take twice the registers and shared memory; fp32 at
+    "highest" ("ieee") the FMA tiles. The input dtype is read from the launch's ``x_ptr``. One
+    config when interpreting.
     """
-    keys = ("BLOCK_T", "BLOCK_K", "BLOCK_C")
 
     def make(rows):
         return [triton.Config(dict(zip(keys, row[:-2])), num_warps=row[-2], num_stages=row[-1]) for row in rows]
@@ -122,7 +122,8 @@ def _fwd_configs(interpreter_row, sixteen_bit_rows, tf32_rows, fma_rows):
 # 8, 4) in 16-bit (72 B), (64, 64, 32, 4, 3) for "ieee" and tf32x3 (24 B, 4 B), and every 16-bit
 # row at tf32x3 (20 B to 2 KB), hence the separate fp32 tensor-core family. Autotuning picks among
 # a family per (K, C, bucketed B * T, dtype, precision).
-FWD_CONFIGS, FWD_PRUNE = _fwd_configs(
+FWD_CONFIGS, FWD_PRUNE = _precision_family_configs(
+    ("BLOCK_T", "BLOCK_K", "BLOCK_C"),
     (16, 16, 32, 4, 1),
     [(64, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (128, 128, 64, 8, 3), (64, 128, 32, 4, 4),
      (64, 256, 64, 8, 3)],
@@ -135,7 +136,8 @@ FWD_CONFIGS, FWD_PRUNE = _fwd_configs(
 # rows checked like the above ((64, 128, 64, 4, 3) spills at tf32x3, so it serves 16-bit only).
 SPLIT_BLOCK_T = 16 if INTERPRET else 64
 SPLIT_K_GRANULE = 16 if INTERPRET else 128
-FWD_SPLIT_CONFIGS, FWD_SPLIT_PRUNE = _fwd_configs(
+FWD_SPLIT_CONFIGS, FWD_SPLIT_PRUNE = _precision_family_configs(
+    ("BLOCK_T", "BLOCK_K", "BLOCK_C"),
     (SPLIT_BLOCK_T, 16, 32, 4, 1),
     [(SPLIT_BLOCK_T, 64, 64, 4, 3), (SPLIT_BLOCK_T, 128, 64, 4, 3), (SPLIT_BLOCK_T, 128, 32, 4, 4)],
     [(SPLIT_BLOCK_T, 64, 64, 4, 3), (SPLIT_BLOCK_T, 128, 32, 4, 4)],

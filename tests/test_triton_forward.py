@@ -230,3 +230,20 @@ def test_packed_tiles_spanning_many_utterances():
     ref_pooled, ref_frame, ref_nearest = naive_prototype_mil(x, p, lengths, 0.4)
     assert torch.equal(frame_index.cpu(), ref_frame) and torch.equal(nearest.cpu(), ref_nearest)
     torch.testing.assert_close(pooled.double().cpu(), ref_pooled, rtol=1e-5, atol=1e-7)
+
+
+def test_config_families_follow_dtype_and_precision(monkeypatch):
+    # The GPU lists (built here with INTERPRET off): 16-bit inputs get the wgmma rows, fp32 at
+    # "high"/"medium" the fp32 tensor-core rows, fp32 at "highest" the FMA rows.
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    configs, prune = kernels._precision_family_configs(("BLOCK_T", "BLOCK_K", "BLOCK_C"), (16, 16, 32, 4, 1),
+                                                       [(64, 64, 64, 4, 3)], [(64, 64, 32, 8, 3)], [(32, 64, 16, 4, 3)])
+    prune = prune["early_config_prune"]
+
+    def picked(dtype, precision):
+        named = {"x_ptr": torch.empty(1, dtype=dtype)}
+        return [(c.kwargs["BLOCK_C"], c.num_warps) for c in prune(configs, named, DOT_PRECISION=precision)]
+
+    assert picked(torch.bfloat16, "tf32") == picked(torch.float16, "tf32") == [(64, 4)]
+    assert picked(torch.float32, "tf32x3") == picked(torch.float32, "tf32") == [(32, 8)]
+    assert picked(torch.float32, "ieee") == [(16, 4)]
