@@ -62,29 +62,6 @@ INT64_MIN = -(2**63)
 _KEY_INIT = tl.constexpr(INT64_MIN)
 
 
-def _configs(keys, interpreter_row, tensor_core_rows, fma_rows):
-    """triton.Configs from rows (block sizes..., num_warps, num_stages), and their pruner.
-
-    Two families on a GPU: tensor-core tiles (16-bit inputs, TF32) and smaller FMA tiles for
-    full-precision fp32 dots (DOT_PRECISION="ieee"), whose operands live in registers; the pruner
-    keeps the family matching the launch. One config when interpreting.
-    """
-
-    def make(rows):
-        return [triton.Config(dict(zip(keys, row[:-2])), num_warps=row[-2], num_stages=row[-1]) for row in rows]
-
-    if INTERPRET:
-        return make([interpreter_row]), None
-    tensor_core, fma = make(tensor_core_rows), make(fma_rows)
-    fma_ids = {id(c) for c in fma}
-
-    def prune(configs, named_args, **kwargs):
-        want_fma = kwargs.get("DOT_PRECISION") == "ieee"
-        return [c for c in configs if (id(c) in fma_ids) == want_fma] or configs
-
-    return tensor_core + fma, {"early_config_prune": prune}
-
-
 def _precision_family_configs(keys, interpreter_row, sixteen_bit_rows, tf32_rows, fma_rows):
     """triton.Configs in three families, and the pruner that keeps the one matching the launch.
 
@@ -143,34 +120,6 @@ FWD_SPLIT_CONFIGS, FWD_SPLIT_PRUNE = _precision_family_configs(
     [(SPLIT_BLOCK_T, 64, 64, 4, 3), (SPLIT_BLOCK_T, 128, 32, 4, 4)],
     [(SPLIT_BLOCK_T, 64, 16, 4, 3), (SPLIT_BLOCK_T, 64, 32, 4, 3)],
 )
-
-def _precision_family_configs(keys, interpreter_row, sixteen_bit_rows, tf32_rows, fma_rows):
-    """triton.Configs in three families, and the pruner that keeps the one matching the launch.
-
-    16-bit inputs take the wgmma tiles; fp32 inputs at "high"/"medium" (tf32x3/tf32 dots) smaller
-    tensor-core tiles, as fp32 operand tiles take twice the registers and shared memory; fp32 at
-    "highest" ("ieee") the FMA tiles. The input dtype is read from the launch's ``x_ptr``. One
-    config when interpreting.
-    """
-
-    def make(rows):
-        return [triton.Config(dict(zip(keys, row[:-2])), num_warps=row[-2], num_stages=row[-1]) for row in rows]
-
-    if INTERPRET:
-        return make([interpreter_row]), None
-    families = {"16-bit": make(sixteen_bit_rows), "tf32": make(tf32_rows), "ieee": make(fma_rows)}
-    ids = {name: {id(c) for c in configs} for name, configs in families.items()}
-
-    def prune(configs, named_args, **kwargs):
-        if kwargs.get("DOT_PRECISION") == "ieee":
-            family = "ieee"
-        else:
-            x = named_args.get("x_ptr")
-            family = "tf32" if x is not None and x.dtype.itemsize == 4 else "16-bit"
-        return [c for c in configs if id(c) in ids[family]] or configs
-
-    return [c for configs in families.values() for c in configs], {"early_config_prune": prune}
-
 
 # Backward. Every kernel's grid is fixed by the shapes (B, T, K, C and the chunk size), never by the
 # number of active frames, which only the device knows: programs past it exit at once. So nothing in
