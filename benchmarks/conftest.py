@@ -98,8 +98,21 @@ class BenchEnv:
             pytest.fail(problem[1])
 
     def record(self, case: Case, **fields) -> None:
-        self.doc["records"].append({**case.describe(), **fields})
+        self.doc["records"].append({**case.describe(), **fields, **self.modelled(case, fields.get("status"))})
         self.write()
+
+    @staticmethod
+    def modelled(case: Case, status: str | None) -> dict:
+        """The roofline ledger's modelled figures of a measured op or matmul case (benchmarks/roofline.py)."""
+        if status not in ("ok", "untimed") or case.kind not in ("op", "matmul"):
+            return {}
+        try:
+            from .roofline import modelled
+
+            figures = modelled(case.kind, case.provider, case.mode, case.shape, case.dtype, case.seed)
+        except Exception as e:  # the model must never cost a measurement
+            return {"modelled_error": f"{type(e).__name__}: {e}"[:200]}
+        return {"modelled": figures} if figures else {}
 
     def skip(self, case: Case, reason: str):
         self.record(case, status="skipped", reason=reason)
@@ -108,7 +121,9 @@ class BenchEnv:
     def write(self) -> None:
         from lpmn_fast.data.atomic import write_text_atomic
 
-        doc = {**self.doc, "records": derive(self.doc["records"])}
+        from .report import modelled_machine
+
+        doc = {**self.doc, "records": derive(self.doc["records"], modelled_machine(self.doc))}
         # Atomic: readers never see half a file, even if the run is killed.
         write_text_atomic(self.path, json.dumps(doc, indent=1) + "\n")
 

@@ -1,6 +1,7 @@
 """Derived figures and the Markdown table and PNG plot of a benchmark JSON.
 
     python -m benchmarks.report RESULTS.json [--md OUT.md] [--png OUT.png] [--summary]
+    python -m benchmarks.report --compare LABEL=RESULTS.json LABEL=RESULTS.json ... [--md OUT.md]
 
 Without --md/--png the Markdown and PNG are written next to the JSON. --summary prints a short
 plain-text table of the headline shape (what gpu_run.sh prints last).
@@ -45,12 +46,20 @@ def _peer_key(r: dict) -> tuple:
     return (r["kind"], r["mode"], r["dtype"], r["B"], r["T"], r["C"], r["K"])
 
 
-def derive(records: list[dict]) -> list[dict]:
+def modelled_machine(doc: dict) -> str | None:
+    """The roofline ledger's machine ("H100" or "H200") that the run's device is, or None."""
+    name = (doc.get("device") or {}).get("name", "")
+    return next((m for m in ("H200", "H100") if m in name), None)
+
+
+def derive(records: list[dict], machine: str | None = None) -> list[dict]:
     """Copies of ``records`` with the derived figures of each measured one.
 
     tflops: useful FLOP/s / 1e12; matmul_fraction: that over the best matmul rate of the same dtype
     in the same run; speedup_vs[b]: b's median time / this median time; mem_ratio_vs[b]: this peak
-    memory / b's, for each baseline b measured at the same shape, dtype and mode.
+    memory / b's, for each baseline b measured at the same shape, dtype and mode. With ``machine``
+    (the run's GPU in the ledger, see :func:`modelled_machine`): modelled_s, the ledger's time on
+    it, and measured_over_modelled, the median over that.
     """
     rates = matmul_rates(records)
     peers: dict[tuple, dict[str, dict]] = {}
@@ -76,6 +85,11 @@ def derive(records: list[dict]) -> list[dict]:
             if r["kind"] != "matmul":
                 r["speedup_vs"] = speedup
                 r["mem_ratio_vs"] = mem_ratio
+        model = (r.get("modelled") or {}).get("s", {})
+        if machine in model:
+            r["modelled_s"] = model[machine]
+            if _ok(r) and model[machine]:
+                r["measured_over_modelled"] = _median(r) / model[machine]
         out.append(r)
     return out
 
@@ -146,9 +160,18 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _model_cell(r: dict) -> str:
+    """The ledger's modelled time, H100 / H200, in ms ("—" where the case has none)."""
+    s = (r.get("modelled") or {}).get("s") or {}
+    if not s:
+        return "—"
+    est = "~" if (r.get("modelled") or {}).get("estimate") else ""
+    return " / ".join(f"{est}{_ms(s[m])}" for m in ("H100", "H200") if m in s)
+
+
 def to_markdown(doc: dict) -> str:
     """The benchmark JSON as Markdown: headline table, sweeps, training step, matmul rates, skips."""
-    records = derive(doc.get("records", []))
+    records = derive(doc.get("records", []), modelled_machine(doc))
     device = doc.get("device", {}).get("name", "?")
     lines = [
         f"# Prototype-MIL benchmarks on {device}",
@@ -166,6 +189,10 @@ def to_markdown(doc: dict) -> str:
         "after its forward); n/m = not measured"
         + (f" ({doc['memory_note']})" if doc.get("memory_note") else "") + ".",
         "* × vs X: X's median time over this one (above 1: faster than X); mem / X: this peak over X's.",
+        "* model ms: the roofline ledger's modelled time on an H100 / H200 (`python -m benchmarks.roofline`: "
+        "max(FLOPs/peak, bytes/bandwidth) per launch, summed; ~ marks the torch.compile estimate); "
+        "meas / model: the median over the model of this run's GPU"
+        + (f" ({modelled_machine(doc)})" if modelled_machine(doc) else " (none: not an H100 or H200)") + ".",
         f"* Ragged lengths: {doc.get('settings', {}).get('length_distribution', '?')}.",
         "",
     ]
@@ -173,9 +200,10 @@ def to_markdown(doc: dict) -> str:
     matmul = [r for r in records if r["kind"] == "matmul" and _ok(r)]
     if matmul:
         lines += ["## Dense matmul reference", ""]
-        lines += _table(["dtype", "precision", "shape (M×K)·(K×N)", "median ms [q1–q3]", "TFLOP/s"], [
+        lines += _table(["dtype", "precision", "shape (M×K)·(K×N)", "median ms [q1–q3]", "TFLOP/s",
+                         "model ms H100 / H200", "meas / model"], [
             [r["dtype"], r["mode"], f"({r['B'] * r['T']}×{r['C']})·({r['C']}×{r['K']})", _time_cell(r),
-             _num(r.get("tflops"))] for r in matmul])
+             _num(r.get("tflops")), _model_cell(r), _num(r.get("measured_over_modelled"))] for r in matmul])
         lines.append("")
 
     paper = sorted((r for r in records if r["kind"] == "op" and "paper" in r.get("sweeps", ()) and _ok(r)),
@@ -183,11 +211,13 @@ def to_markdown(doc: dict) -> str:
     if paper:
         lines += [f"## Headline shape ({_shape(paper[0])})", ""]
         lines += _table(["dtype", "mode", "provider", "median ms [q1–q3]", "TFLOP/s", "% matmul", "peak MB",
-                         "× vs eager", "× vs compile", "mem / eager", "mem / compile"], [
+                         "× vs eager", "× vs compile", "mem / eager", "mem / compile", "model ms H100 / H200",
+                         "meas / model"], [
             [r["dtype"], r["mode"], r["provider"], _time_cell(r), _num(r.get("tflops")),
              _num(None if r.get("matmul_fraction") is None else 100 * r["matmul_fraction"], "{:.3g}%"),
              _mb(r.get("peak_mem_bytes")), _ratio(r, "speedup_vs", "eager"), _ratio(r, "speedup_vs", "compile"),
-             _ratio(r, "mem_ratio_vs", "eager", ""), _ratio(r, "mem_ratio_vs", "compile", "")]
+             _ratio(r, "mem_ratio_vs", "eager", ""), _ratio(r, "mem_ratio_vs", "compile", ""), _model_cell(r),
+             _num(r.get("measured_over_modelled"))]
             for r in paper])
         lines.append("")
 
@@ -247,20 +277,23 @@ def to_markdown(doc: dict) -> str:
 
 def summary(doc: dict) -> str:
     """A short fixed-width table of the headline shape and the training step, for a terminal."""
-    records = derive(doc.get("records", []))
+    records = derive(doc.get("records", []), modelled_machine(doc))
     rows = [r for r in records if _ok(r) and (r["kind"] == "train_step"
                                                or (r["kind"] == "op" and "paper" in r.get("sweeps", ())))]
     rows.sort(key=lambda r: (r["kind"] != "op",) + _sort_key(r))
     head = f"{'dtype':<9} {'mode':<10} {'provider':<20} {'ms':>8} {'TFLOP/s':>8} {'%mm':>6} {'MB':>8} " \
-           f"{'xEager':>7} {'xComp':>7} {'mem/E':>7}"
+           f"{'xEager':>7} {'xComp':>7} {'mem/E':>7} {'model':>8} {'ms/mod':>7}"
+    machine = modelled_machine(doc)
     out = [f"device: {doc.get('device', {}).get('name', '?')}  torch {doc.get('versions', {}).get('torch')}  "
-           f"triton {doc.get('versions', {}).get('triton')}  profile {doc.get('profile')}", head]
+           f"triton {doc.get('versions', {}).get('triton')}  profile {doc.get('profile')}  "
+           f"model: {machine or 'none for this device'} (ms; ms/mod = measured / modelled)", head]
     for r in rows:
         mf = r.get("matmul_fraction")
         out.append(f"{r['dtype']:<9} {r['mode']:<10} {r['provider']:<20} {_ms(_median(r)):>8} "
                    f"{_num(r.get('tflops')):>8} {_num(None if mf is None else 100 * mf):>6} "
                    f"{_mb(r.get('peak_mem_bytes')):>8} {_ratio(r, 'speedup_vs', 'eager'):>7} "
-                   f"{_ratio(r, 'speedup_vs', 'compile'):>7} {_ratio(r, 'mem_ratio_vs', 'eager', ''):>7}")
+                   f"{_ratio(r, 'speedup_vs', 'compile'):>7} {_ratio(r, 'mem_ratio_vs', 'eager', ''):>7} "
+                   f"{_ms(r.get('modelled_s')):>8} {_num(r.get('measured_over_modelled')):>7}")
     for m in (r for r in records if r["kind"] == "matmul" and _ok(r)):
         out.append(f"matmul {m['dtype']} {m['mode']}: {_num(m.get('tflops'))} TFLOP/s")
     n_skip = sum(not _ok(r) for r in records)
@@ -270,8 +303,10 @@ def summary(doc: dict) -> str:
 
 
 def plot(doc: dict, path: str | Path) -> bool:
-    """Time vs K and vs T (mode full) per provider, log-log, to a PNG. False if there is nothing to plot."""
+    """Time vs K and vs T (mode full) per provider, log-log, to a PNG, with the ledger's modelled time
+    dashed where the records carry it. False if there is nothing to plot."""
     records = derive(doc.get("records", []))
+    machine = modelled_machine(doc) or "H100"
     import matplotlib
 
     matplotlib.use("Agg")
@@ -290,8 +325,14 @@ def plot(doc: dict, path: str | Path) -> bool:
             med = [p[1]["median"] * 1e3 for p in pts]
             lo = [max(0.0, m - (p[1].get("q1") or p[1]["median"]) * 1e3) for m, p in zip(med, pts)]
             hi = [max(0.0, (p[1].get("q3") or p[1]["median"]) * 1e3 - m) for m, p in zip(med, pts)]
-            ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=provider)
+            bars = ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=provider)
             drawn = True
+            # the roofline ledger's modelled time beside it (the run's GPU, else the H100), dashed
+            model = sorted((r[axis], r["modelled"]["s"][machine]) for r in sweep
+                           if r["provider"] == provider and machine in ((r.get("modelled") or {}).get("s") or {}))
+            if model:
+                ax.plot([m[0] for m in model], [m[1] * 1e3 for m in model], linestyle="--", linewidth=1,
+                        color=bars[0].get_color(), label=f"{provider} (modelled, {machine})")
         if sweep:
             fixed = ", ".join(f"{k}={sweep[0][k]}" for k in ("B", "T", "C", "K") if k != axis)
             ax.set_title(f"full pass vs {axis} ({sweep[0]['dtype']}, {fixed})", fontsize=9)
@@ -328,13 +369,73 @@ def render(json_path: str | Path, md_path: str | Path | None = None, png_path: s
     return written
 
 
+def compare(runs: list[tuple[str, dict]]) -> str:
+    """Markdown: the same cases measured with several revisions (label, results JSON) on one device, in one run.
+
+    Per case: each revision's median [q1–q3] (the spread of its timed rounds), its time relative to the
+    first revision's, and the roofline ledger's modelled time for this device where that revision's
+    harness recorded one. Cases measured by no revision are left out.
+    """
+    devices = {(doc.get("device") or {}).get("name", "?") for _, doc in runs}
+    machine = modelled_machine(runs[0][1]) if runs else None
+    by_id: dict[str, dict[str, dict]] = {}
+    for label, doc in runs:
+        for r in derive(doc.get("records", []), modelled_machine(doc)):
+            if _ok(r):
+                by_id.setdefault(r["id"], {})[label] = r
+    labels = [label for label, _ in runs]
+    lines = [f"# Revisions compared on {', '.join(sorted(devices))}", "",
+             "Same device, same run, one after the other: " + ", ".join(f"`{l}`" for l in labels)
+             + f" (× = time over `{labels[0]}`'s; below 1 is faster). Median over the timed rounds "
+             "[first–third quartile], ms. model: the roofline ledger's time on "
+             + (machine or "(no ledger machine for this device)") + ", where the revision's harness has the ledger.",
+             ""]
+    if len(devices) > 1:
+        lines += ["**Warning: the runs name different devices; their times do not compare.**", ""]
+    header = ["case"] + [f"{l} ms" for l in labels] + [f"{l} ×" for l in labels[1:]] + [f"{l} model ms" for l in labels]
+    rows = []
+    for case_id in sorted(by_id, key=lambda i: (("triton" not in i), i)):
+        at = by_id[case_id]
+        if len(labels) > 1 and not set(at) - {labels[0]}:
+            continue  # measured by the reference revision alone (its full suite): nothing to compare
+        base = at.get(labels[0])
+        row = [case_id] + [_time_cell(at[l]) if l in at else "—" for l in labels]
+        row += [f"{_median(at[l]) / _median(base):.3g}×" if l in at and base else "—" for l in labels[1:]]
+        row += [_ms(at[l].get("modelled_s")) if l in at else "—" for l in labels]
+        rows.append(row)
+    lines += _table(header, rows) if rows else ["No case was measured by any revision."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
-    parser.add_argument("json", help="results JSON written by pytest --benchmark")
-    parser.add_argument("--md", help="Markdown output (default: beside the JSON)")
+    parser.add_argument("json", nargs="+",
+                        help="results JSON written by pytest --benchmark; with --compare, LABEL=JSON per revision")
+    parser.add_argument("--md", help="Markdown output (default: beside the JSON; with --compare, stdout)")
     parser.add_argument("--png", help="PNG output (default: beside the JSON)")
     parser.add_argument("--summary", action="store_true", help="print a short table of the headline shape")
+    parser.add_argument("--compare", action="store_true",
+                        help="compare revisions: each argument LABEL=JSON, the first the reference")
     args = parser.parse_args(argv)
+    if args.compare:
+        runs = []
+        for item in args.json:
+            label, sep, path = item.partition("=")
+            if not sep or not label or not path:
+                parser.error(f"--compare takes LABEL=JSON arguments, got {item!r}")
+            if not Path(path).is_file():
+                parser.error(f"no results JSON at {path} (revision {label})")
+            runs.append((label, json.loads(Path(path).read_text())))
+        text = compare(runs)
+        if args.md:
+            Path(args.md).write_text(text)
+            print(f"wrote {args.md}")
+        else:
+            print(text)
+        return 0
+    if len(args.json) != 1:
+        parser.error("one results JSON (several only with --compare)")
+    args.json = args.json[0]
     for path in render(args.json, args.md, args.png):
         print(f"wrote {path}")
     if args.summary:

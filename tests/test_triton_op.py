@@ -138,8 +138,8 @@ def test_float32_matches_float64_reference(shape, tau):
 
 
 # 16-bit inputs, compared with the float64 reference on the same rounded inputs. pooled: one rounding
-# to the output dtype. dx, dp: the backward GEMMs take bfloat16 operands (dcos, unit rows) with fp32
-# accumulation, ~3 roundings of 2^-9 per product, then one rounding to the dtype. Fisher: fp32 from
+# to the output dtype. dx, dp: the backward GEMMs take operands in the input's dtype (D, and for dp the
+# unit rows) with fp32 accumulation, ~2 roundings of 2^-9 (bf16) per product, then one rounding to the dtype. Fisher: fp32 from
 # fp32 dcos. s and cos: fp32 dot of exactly representable products.
 REDUCED_TOLS = {
     torch.bfloat16: dict(s=1e-5, pooled=8e-3, dx=3e-2, dp=3e-2, fisher=1e-3),
@@ -319,8 +319,8 @@ def test_deterministic_mode_is_bit_identical(monkeypatch):
 
 def test_forward_autotuning_leaves_no_stale_maxima(monkeypatch):
     # On a GPU the first call per tuning key benchmarks every config (many launches each) into the
-    # same zero-initialised keys before the real launch; the atomic max keeps the largest key any of
-    # them wrote, so unless keys are reset before every launch the result is the max over all the
+    # same INT64_MIN-initialised keys before the real launch; the atomic max keeps the largest key any
+    # of them wrote, so unless keys are restored before every launch the result is the max over all the
     # configs' roundings, not the chosen config's. The interpreter has one config and never
     # benchmarks: a two-config tuner over the same kernel and reset list reproduces it, the slower
     # config's run bumping every stored s by one ulp (what a different summation order may do).
@@ -342,7 +342,8 @@ def test_forward_autotuning_leaves_no_stale_maxima(monkeypatch):
 
     blocks = dict(fwd.configs[0].kwargs)
     configs = [triton.Config(dict(blocks)), triton.Config(dict(blocks), pre_hook=lambda a: seen.append(a["keys_ptr"]))]
-    tuner = triton.autotune(configs, key=["K"], reset_to_zero=list(fwd.reset_to_zero) or None, do_bench=bench)(fwd.fn)
+    tuner = triton.autotune(configs, key=["K"], reset_to_zero=list(fwd.reset_to_zero) or None,
+                            restore_value=list(fwd.restore_value) or None, do_bench=bench)(fwd.fn)
     monkeypatch.setattr(kernels, "_prototype_mil_fwd", tuner)
     tuned = triton_op.prototype_mil_forward(x, p, lengths, 0.5)
     assert len(benched) == 2 and tuner.best_config is configs[0]

@@ -1,18 +1,42 @@
 """Fused Triton backend of the prototype-MIL op: host functions, custom ops and autograd.
 
 Forward (``prototype_mil_forward``): one kernel, two similarity sweeps per frame tile (the
-log-sum-exp over K must be known before the max over t), no (B, T, K) tensor anywhere. Saves
-for backward only O(B*T + B*K + K) statistics: per-frame |x| and log-sum-exp, per-prototype |p|,
-the fp32 pooled values and frame_index.
+log-sum-exp over K must be known before the max over t), no (B, T, K) tensor anywhere; at small
+batches a split-K variant in two launches. No host synchronisation: the host glue decides the
+schedule from shapes alone and launches on x's device (``launch_device``). Saves for backward
+only O(B*T + B*K + K) statistics: per-frame |x| and log-sum-exp, per-prototype |p|, the fp32
+pooled values and frame_index.
 
 Backward (``prototype_mil_backward``): the gradient at the similarities,
 dcos[b,t,k] = s[b,t,k] * ([frame_index[b,k] = t] dY[b,k] - r[b,t]) / tau, vanishes on every frame
-that wins no max, so only the active frames (at most min(T, K) per utterance) are touched. They
-are processed in chunks of a fixed number of rows: a Triton kernel recomputes s and writes dcos
-(chunk x K; the Fisher term of eq. (4) is summed from the same tile), then two GEMMs (cuBLAS)
-give the gradients at the unit vectors, dxh = dcos @ ph and dph += dcos^T @ xh, and the
-normalisation backward d(v / |v|) = (I - vh vh^T) / |v| finishes on the host. Counting the active
-frames is the op's one device-to-host synchronisation.
+that wins no max, so only the active frames (at most min(T, K) per utterance) are touched. They are
+compacted on the device (a cumulative sum over B*T flags) and processed in a fixed number of chunks
+of R frames (worst case B*min(T, K) frames); kernels read the active count on the device and their
+programs past it exit, so there is no host synchronisation and the backward captures in a CUDA graph.
+Per chunk, with inv_x = 1 / max(|x|, eps), inv_p = 1 / max(|p|, eps) and D = S * dcos * inv_p
+(S a power of two, 1 but for float16, where it lifts D into float16's range):
+
+* dcos kernel: D (R, K) written once in x's dtype, radial_x[r] = sum_k dcos cos, radial_p[k] =
+  sum_r dcos cos and the Fisher term of eq. (4), all from the recomputed tile;
+* dx kernel: dx_r = inv_x / S * sum_k D[r,k] P_k - radial_x[r] inv_x^2 x_r (the radial term only
+  where |x_r| >= eps: a clamped norm has no derivative), stored straight into row (b, t) of dx;
+* dp kernel: dp_k = 1 / S * sum_r D[r,k] inv_x[r] x_r - radial_p[k] inv_p^2 P_k (same eps rule), the
+  unit rows inv_x x formed in registers (|.| <= 1, so float16 holds them), the sum carried across
+  chunks in one fp32 (K, C) buffer;
+* a last kernel zeroes the dx rows that win no max (padding included).
+
+Both GEMMs run on the raw x rows and P in the input's dtype (fp32 accumulation); no fp32 copy of
+x, P or their unit vectors exists. The inv_x factor is kept out of D so that a frame with a tiny norm
+(1 / eps = 1e12) cannot push D out of float16's range.
+
+HBM bytes at the paper shape (B 128, T 300, C = K = 1024, bf16, lengths 150-300: N <= 28,800 active
+frames, their mean total; R = 8192, 5 chunks), counting each tensor once per kernel that reads or
+writes it (re-reads of a tile by the programs that run together are served by the 50 MB L2: the
+dcos kernel's x row tile across its K loop and P, 2.1 MB, across programs):
+dcos: x rows N*C*2 = 59 MB, D N*K*2 = 59 MB, radial_p partials (zeroed, written, summed) 16 MB, tables
+3 MB; dx: D 59 + x 59 + dx 59 MB; zero rows: (B*T - N)*C*2 = 20 MB; dp: D 59 + x 59 MB, fp32 running
+sum 4 writes + 4 reads of 4.2 MB = 34 MB, P and dp 4 MB; compaction and scale < 3 MB. Total about
+0.50 GB (deterministic Fisher partials add 16 MB), against about 2 GB for the earlier host-side glue.
 
 Both directions are ``torch.library`` custom ops (with fake implementations), so ``torch.compile``
 keeps the op as one opaque node, including the Fisher accumulator the backward mutates.
@@ -20,6 +44,7 @@ keeps the op as one opaque node, including the Fisher accumulator the backward m
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Optional
 
@@ -31,9 +56,15 @@ from ..kernels import prototype_mil as kernels
 from .output import PrototypeMILOutput
 from .reference import EPS
 
-# Rows per backward chunk: R * (K + C) <= 2**23 elements, so the dcos tile (R, K) and the gathered
-# unit frames (R, C) take at most 32 MB (fp32; half that for bf16 dcos) whatever B and T are.
+# Active frames per backward chunk: R * K <= 2**23 elements, so the chunk's D (R, K) takes at most
+# 32 MB (fp32; half that for 16-bit inputs) whatever B and T are.
 CHUNK_ELEMENTS = 1 << 23
+
+
+def launch_device(x: Tensor):
+    """Context in which to launch kernels on x's device: Triton launches on the current CUDA device,
+    so a tensor on cuda:1 needs torch.cuda.device(1) around the launch (no-op off CUDA)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def _alloc(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, zero: bool = False) -> Tensor:
@@ -64,84 +95,149 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}[torch.get_float32_matmul_precision()]
 
 
-def _gemm_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Operand dtype of the backward GEMMs (fp32 accumulation and output in every case).
+def _unpack_maxima(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """Packed (ordered u bits << 32 | INT32_MAX - t) keys (B, K) -> pooled fp32 (B, K), frame_index int64 (B, K).
 
-    16-bit inputs use bfloat16 operands: dcos can be far below float16's smallest normal number
-    (s ~ 1/K times an upstream gradient ~ 1/B), while bfloat16 has float32's range.
+    Undoes the kernels' order-preserving map (negative floats have their magnitude bits flipped)
+    to get u = log2 s back bit for bit, then pooled = exp2(u) in torch, which keeps subnormal s.
     """
-    return torch.float32 if dtype == torch.float32 else torch.bfloat16
+    ordered = (keys >> 32).to(torch.int32)
+    bits = torch.where(ordered < 0, ordered ^ 0x7FFFFFFF, ordered)
+    pooled = torch.exp2(bits.view(torch.float32))
+    frame_index = kernels.INT32_MAX - (keys & 0xFFFFFFFF)
+    return pooled, frame_index
+
+
+def _rows_bucket(rows: int) -> int:
+    """Next power of two of the row count: the autotune key, so that a tiny first call does not pick
+    the config of every later size, while varying lengths do not retune every call."""
+    return 1 << max(0, rows - 1).bit_length()
 
 
 @functools.cache
-def _mm_has_out_dtype(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether torch.mm(a, b, out_dtype=torch.float32) works for ``dtype`` operands on ``device``.
-
-    Probed once per (device, dtype), so that a real error of a later call (out of memory, a CUDA
-    fault) is raised, never mistaken for a missing feature.
-    """
-    probe = torch.ones(1, 1, dtype=dtype, device=device)
-    try:
-        return torch.mm(probe, probe, out_dtype=torch.float32).dtype == torch.float32
-    except (TypeError, RuntimeError, NotImplementedError):
-        return False
+def _multiprocessor_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _mm_f32(a: Tensor, b: Tensor) -> Tensor:
-    """a @ b with fp32 accumulation and an fp32 result, the operands in their own dtype."""
-    if a.dtype == torch.float32:
-        return a @ b
-    if a.is_cuda and _mm_has_out_dtype(a.device, a.dtype):
-        return torch.mm(a, b, out_dtype=torch.float32)
-    # Without out_dtype (and on the CPU, for the interpreter's tests): fp32 operands. Products of
-    # bfloat16 values are exact in fp32, so this equals cuBLAS's fp32-accumulated bf16 GEMM.
-    return a.float() @ b.float()
+def _split_slices(B: int, T: int, K: int, device: torch.device) -> int:
+    """Prototype slices for the forward: 1 (one fused launch) unless the frame-tile grid would leave
+    SMs idle (small batches: inference, streaming), then enough slices of SPLIT_K_GRANULE-multiple
+    width to give every SM a program. Decided from shapes and the device's SM count, no sync; the
+    CPU interpreter never splits on its own (tests force it through this function)."""
+    if device.type != "cuda":
+        return 1
+    sms = _multiprocessor_count(device)
+    programs = B * triton.cdiv(T, kernels.SPLIT_BLOCK_T)
+    if programs >= sms:
+        return 1
+    want = triton.cdiv(sms, programs)
+    return triton.cdiv(K, _slice_width(K, want))
 
 
-def _unpack_maxima(keys: Tensor) -> tuple[Tensor, Tensor]:
-    """Packed (s bits << 32 | INT32_MAX - t) keys (B, K) -> pooled fp32 (B, K), frame_index int64 (B, K)."""
-    pooled = (keys >> 32).to(torch.int32).view(torch.float32)
-    frame_index = kernels.INT32_MAX - (keys & 0xFFFFFFFF)
-    return pooled, frame_index
+def _slice_width(K: int, slices: int) -> int:
+    """Width of each of (at most) ``slices`` prototype slices, rounded up to SPLIT_K_GRANULE."""
+    granule = kernels.SPLIT_K_GRANULE
+    return triton.cdiv(triton.cdiv(K, slices), granule) * granule
 
 
 def prototype_mil_forward(
     x: Tensor, prototypes: Tensor, lengths: Tensor, tau: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Fused forward on validated inputs.
+    """Fused forward on validated inputs, with no host synchronisation.
 
-    x: (B, T, C) frame features (any strides); prototypes: (K, C); lengths: (B,) int64 in [1, T];
-    dtypes float16/bfloat16/float32. Returns pooled (B, K) in x's dtype, frame_index (B, K) int64,
+    x: (B, T, C) frame features (any strides); prototypes: (K, C); lengths: (B,) int64 in [1, T]
+    (the kernels clamp to that range: on CUDA the check is asynchronous); dtypes
+    float16/bfloat16/float32. Returns pooled (B, K) in x's dtype, frame_index (B, K) int64,
     nearest (B, T) int64, and the statistics the backward reads: pooled fp32 (B, K), lse2 (B, T)
-    fp32 (log2-sum-exp2 over k of cos * log2(e) / tau), |x| (B, T) fp32 and |p| (K,) fp32.
+    fp32 (log2-sum-exp2 over k of cos * log2(e) / tau), |x| (B, T) fp32 (0 on padding) and
+    |p| (K,) fp32.
+
+    One launch; two (split-K: partial log-sum-exps per prototype slice, then the merge and the
+    max) when the frame tiles alone would leave SMs idle, see :func:`_split_slices`.
     """
     B, T, C = x.shape
     K = prototypes.shape[0]
     device = x.device
     lengths = lengths.contiguous()
-    # fp32 norms of the rows as they are, no fp32 copy of x (cos = x.p / (|x| |p|), eq. 2)
-    x_norm = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).contiguous()
     p_norm = torch.linalg.vector_norm(prototypes, dim=-1, dtype=torch.float32).contiguous()
-    lse2 = _alloc((B, T), torch.float32, device)
+    # |x| is written by the kernel (fused into sweep 1); the one-launch kernel visits valid frames
+    # only, so padding's statistics (0, 0, -1) are set here
+    x_norm = _alloc((B, T), torch.float32, device, zero=True)
+    lse2 = _alloc((B, T), torch.float32, device, zero=True)
     nearest = _alloc((B, T), torch.int64, device)
-    keys = _alloc((B, K), torch.int64, device, zero=True)  # 0 is below every frame's key
-
-    def grid(meta):
-        return (B, triton.cdiv(T, meta["BLOCK_T"]))
-
-    kernels._prototype_mil_fwd[grid](
-        x, *x.stride(), prototypes, *prototypes.stride(), lengths, x_norm, p_norm, lse2, nearest, keys,
-        T, K, C, kernels.LOG2E / tau, EPS,
-        UPCAST=kernels.INTERPRET, DOT_PRECISION=_dot_precision(x.dtype),
-    )
+    nearest.fill_(-1)
+    keys = _alloc((B, K), torch.int64, device)
+    keys.fill_(kernels.INT64_MIN)  # below every real frame's key
+    common = dict(UPCAST=kernels.INTERPRET, DOT_PRECISION=_dot_precision(x.dtype))
+    scale2, rows_bucket = kernels.LOG2E / tau, _rows_bucket(B * T)
+    slices = _split_slices(B, T, K, device)
+    with launch_device(x):
+        if slices <= 1:
+            # valid frames packed utterance after utterance: offsets = 0, cumulative clamped lengths
+            offsets = torch.zeros(B + 1, dtype=torch.int64, device=device)
+            torch.cumsum(lengths.clamp(1, T), 0, out=offsets[1:])
+            kernels._prototype_mil_fwd[lambda meta: (triton.cdiv(B * T, meta["BLOCK_T"]),)](
+                x, *x.stride(), prototypes, *prototypes.stride(), offsets, x_norm, p_norm, lse2, nearest, keys,
+                B, T, K, C, scale2, EPS, rows_bucket, B.bit_length(), **common,
+            )
+        else:
+            width = _slice_width(K, slices)
+            slices = triton.cdiv(K, width)
+            part = _alloc((slices, 3, B, T), torch.float32, device)
+            part_k = _alloc((slices, B, T), torch.int64, device)
+            grid = lambda meta: (B, triton.cdiv(T, meta["BLOCK_T"]), slices)  # noqa: E731
+            kernels._prototype_mil_fwd_split_lse[grid](
+                x, *x.stride(), prototypes, *prototypes.stride(), lengths, x_norm, p_norm, part, part_k,
+                B, T, K, C, width, scale2, EPS, rows_bucket, **common,
+            )
+            kernels._prototype_mil_fwd_split_max[grid](
+                x, *x.stride(), prototypes, *prototypes.stride(), lengths, x_norm, p_norm, part, part_k, lse2,
+                nearest, keys, B, T, K, C, width, slices, scale2, EPS, rows_bucket, **common,
+            )
     pooled32, frame_index = _unpack_maxima(keys)
     pooled = pooled32.to(x.dtype, copy=True)  # never an alias of pooled32 (a custom op may not return one)
     return pooled, frame_index, nearest, pooled32, lse2, x_norm, p_norm
 
 
 def _chunk_rows(K: int, C: int) -> int:
-    """Active frames per backward chunk: a multiple of 128 with rows * (K + C) <= CHUNK_ELEMENTS."""
-    return max(128, CHUNK_ELEMENTS // (K + C) // 128 * 128)
+    """Active frames per backward chunk: a multiple of 128 with rows * K <= CHUNK_ELEMENTS."""
+    return max(128, CHUNK_ELEMENTS // K // 128 * 128)
+
+
+def _active_frames(frame_index: Tensor, T: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The frames that win some prototype's max, compacted on the device (no host synchronisation).
+
+    frame_index: (B, K) int64 in [0, T). Returns active (B * T,) bool; rows (B * min(T, K) + 1,)
+    int64 whose first ``count`` entries are the active frames b * T + t in increasing order (the
+    rest is unused); count (1,) int64.
+    """
+    B, K = frame_index.shape
+    device = frame_index.device
+    n_max = B * min(T, K)  # an utterance has at most min(T, K) distinct winners
+    winners = (frame_index + torch.arange(B, device=device)[:, None] * T).flatten()
+    active = torch.zeros(B * T, dtype=torch.bool, device=device).index_fill_(0, winners, True)
+    position = torch.cumsum(active, 0)  # inclusive count of active frames up to each frame
+    count = position[-1:]
+    # active frame -> its place in the list; inactive ones all go to the spare last entry
+    place = torch.where(active, position - 1, n_max)
+    rows = _alloc((n_max + 1,), torch.int64, device)
+    rows.scatter_(0, place, torch.arange(B * T, device=device))
+    return active, rows, count
+
+
+def _d_scale(grad_pooled: Tensor, p_norm: Tensor, tau: float, dtype: torch.dtype) -> Tensor:
+    """(1,) fp32 power of two S by which D = S * dcos / max(|p|, eps) is stored, computed on the device.
+
+    float16 only (1 otherwise): dcos ~ s * dY / tau is often far below float16's smallest normal
+    number (s ~ 1/K, dY ~ 1/B), so D is scaled to put its bound near 2**14. |dcos| <= 2 max|dY| /
+    tau, since s <= 1 and |r| <= max|dY| (the pooled values of one frame sum to at most 1).
+    """
+    if dtype != torch.float16:
+        return torch.ones(1, dtype=torch.float32, device=grad_pooled.device)
+    bound = grad_pooled.detach().abs().amax().float() * (2.0 / tau) / p_norm.clamp_min(EPS).amin()
+    # all-zero dY: bound 0, exponent +inf -> clamped; NaN in dY stays NaN (and so do the gradients)
+    exponent = torch.floor(torch.log2(2.0**14 / bound)).clamp(-100.0, 100.0)
+    return torch.exp2(exponent).reshape(1)
 
 
 def prototype_mil_backward(
@@ -165,83 +261,76 @@ def prototype_mil_backward(
     Returns dx (B, T, C) in x's dtype (zero on frames that win no max) and dp (K, C) in the
     prototypes' dtype, None where not needed. ``deterministic``: Fisher partial sums per row
     tile added in a fixed order instead of atomics (every other step is deterministic anyway).
+    No host synchronisation: the launches depend on the shapes only. Launches on x's device.
     """
+    with launch_device(x):
+        return _backward_launches(grad_pooled, x, prototypes, frame_index, pooled32, lse2, x_norm, p_norm, tau,
+                                  fisher, deterministic, need_dx, need_dp)
+
+
+def _backward_launches(grad_pooled, x, prototypes, frame_index, pooled32, lse2, x_norm, p_norm, tau, fisher,
+                       deterministic, need_dx, need_dp):
+    """The body of :func:`prototype_mil_backward`, run with x's device current."""
     B, T, C = x.shape
     K = prototypes.shape[0]
     device = x.device
-    # Active frames: those that win some prototype's max; increasing b * T + t.
-    flat_winner = (torch.arange(B, device=device)[:, None] * T + frame_index).flatten()
-    active = torch.zeros(B * T, dtype=torch.bool, device=device)
-    active[flat_winner] = True
-    rows = torch.nonzero(active).flatten()  # (N,), N <= B * min(T, K); one device sync
-    N = rows.numel()
+    active, rows, count = _active_frames(frame_index, T)
+    n_max = rows.numel() - 1
+    R = min(_chunk_rows(K, C), n_max)
+    n_chunks = triton.cdiv(n_max, R)
+    chunk_slots = triton.cdiv(R, kernels.MIN_BLOCK_R)  # per-row-tile partial sums, a disjoint range per chunk
+    n_slots = n_chunks * chunk_slots
+    rows_bucket = triton.next_power_of_2(R)
 
-    frame_index32 = frame_index.to(torch.int32)  # the kernels compare it per (frame, prototype)
-    r = _alloc((N,), torch.float32, device)
-    kernels._prototype_mil_bwd_row_weight[(triton.cdiv(N, kernels.ROW_WEIGHT_BLOCK_R),)](
-        rows, r, frame_index32, grad_pooled, *grad_pooled.stride(), pooled32, N, T, K,
-        BLOCK_R=kernels.ROW_WEIGHT_BLOCK_R, BLOCK_K=kernels.ROW_WEIGHT_BLOCK_K,
-    )
-
-    gemm_dtype = _gemm_dtype(x.dtype)
-    inv_p = 1.0 / p_norm.clamp_min(EPS)
-    ph = prototypes.float() * inv_p[:, None]  # (K, C) unit prototypes, fp32
-    ph_gemm = ph.to(gemm_dtype)
-    dph = torch.zeros(K, C, dtype=torch.float32, device=device) if need_dp else None
-    dx = torch.zeros(B * T, C, dtype=x.dtype, device=device) if need_dx else None
+    f32 = torch.float32
     has_fisher = fisher is not None
-    fisher_sum = torch.zeros(K, dtype=torch.float32, device=device) if has_fisher else None
-    placeholder = torch.zeros(1, dtype=torch.float32, device=device)
-
-    chunk = min(_chunk_rows(K, C), N)
-    dcos = _alloc((chunk, K), gemm_dtype, device)
-    scale2, inv_tau = kernels.LOG2E / tau, 1.0 / tau
-    for start in range(0, N, chunk):
-        rows_c = rows[start : start + chunk]
-        n = rows_c.numel()
-        if has_fisher and deterministic:
-            fisher_out = _alloc((triton.cdiv(n, kernels.MIN_BLOCK_R), K), torch.float32, device, zero=True)
-        elif has_fisher:
-            fisher_out = _alloc((K,), torch.float32, device, zero=True)
-        else:
-            fisher_out = placeholder
-
-        def grid(meta):
-            return (triton.cdiv(n, meta["BLOCK_R"]), triton.cdiv(K, meta["BLOCK_K"]))
-
-        kernels._prototype_mil_bwd_dcos[grid](
-            x, *x.stride(), prototypes, *prototypes.stride(), rows_c, r[start : start + n], x_norm, p_norm, lse2,
-            frame_index32, grad_pooled, *grad_pooled.stride(), dcos, fisher_out,
-            n, T, K, C, scale2, inv_tau, EPS,
-            HAS_FISHER=has_fisher, DETERMINISTIC=deterministic,
-            UPCAST=kernels.INTERPRET, DOT_PRECISION=_dot_precision(x.dtype),
-        )
-        if has_fisher:
-            fisher_sum += fisher_out.sum(dim=0) if deterministic else fisher_out
-        if not (need_dx or need_dp):
-            continue
-
-        w = dcos[:n]
-        b_idx, t_idx = rows_c // T, rows_c % T
-        x_norm_rows = x_norm[b_idx, t_idx]
-        inv_x = 1.0 / x_norm_rows.clamp_min(EPS)
-        xh = x[b_idx, t_idx].float().mul_(inv_x[:, None])  # (n, C) unit frames
-        if need_dp:
-            dph += _mm_f32(w.t(), xh.to(gemm_dtype))
-        if need_dx:
-            dxh = _mm_f32(w, ph_gemm)  # (n, C) gradient at the unit frames
-            # d(x / max(|x|, eps)): (I - xh xh^T) / |x| above eps, 1 / eps at or below (clamped)
-            radial = torch.where(x_norm_rows >= EPS, torch.einsum("rc,rc->r", dxh, xh), 0.0)
-            dxh.addcmul_(xh, radial[:, None], value=-1.0).mul_(inv_x[:, None])
-            dx.index_copy_(0, rows_c, dxh.to(x.dtype))
-
+    placeholder = torch.zeros(1, dtype=f32, device=device)
+    d = _alloc((R, K), x.dtype, device) if (need_dx or need_dp) else placeholder
+    radial_x = _alloc((R,), f32, device) if need_dx else placeholder
+    radial_parts = _alloc((n_slots, K), f32, device, zero=True) if need_dp else placeholder
     if has_fisher:
-        fisher.add_(fisher_sum)
-    dp = None
-    if need_dp:
-        radial = torch.where(p_norm >= EPS, torch.einsum("kc,kc->k", dph, ph), 0.0)
-        dp = dph.addcmul_(ph, radial[:, None], value=-1.0).mul_(inv_p[:, None]).to(prototypes.dtype)
-    return (dx.view(B, T, C) if need_dx else None), dp
+        fisher_out = _alloc((n_slots, K) if deterministic else (K,), f32, device, zero=True)
+    else:
+        fisher_out = placeholder
+    dx = _alloc((B, T, C), x.dtype, device) if need_dx else None
+    dp = _alloc((K, C), prototypes.dtype, device) if need_dp else None
+    g = _alloc((K, C), f32, device) if (need_dp and n_chunks > 1) else placeholder
+    radial_p = placeholder
+    scale = _d_scale(grad_pooled, p_norm, tau, x.dtype)
+    upcast, precision = kernels.INTERPRET, _dot_precision(x.dtype)
+
+    for chunk in range(n_chunks):
+        start, last = chunk * R, chunk == n_chunks - 1
+        kernels._prototype_mil_bwd_dcos[lambda meta: (triton.cdiv(R, meta["BLOCK_R"]),)](
+            x, *x.stride(), prototypes, *prototypes.stride(), rows, count, x_norm, p_norm, lse2, frame_index,
+            grad_pooled, *grad_pooled.stride(), pooled32, scale, d, radial_x, radial_parts, fisher_out,
+            start, R, chunk * chunk_slots, rows_bucket, T, K, C, kernels.LOG2E / tau, 1.0 / tau, EPS,
+            HAS_FISHER=has_fisher, DETERMINISTIC=deterministic, NEED_DX=need_dx, NEED_DP=need_dp,
+            UPCAST=upcast, DOT_PRECISION=precision,
+        )
+        if need_dx:
+            kernels._prototype_mil_bwd_dx[lambda meta: (triton.cdiv(C, meta["BLOCK_C"]), triton.cdiv(R, meta["BLOCK_R"]))](
+                d, prototypes, *prototypes.stride(), x, *x.stride(), rows, count, x_norm, radial_x, scale, dx,
+                start, R, rows_bucket, T, K, C, EPS,
+                UPCAST=upcast, DOT_PRECISION=precision,
+            )
+        if need_dp:
+            if last:  # every chunk's dcos is written: the column sums are complete
+                radial_p = radial_parts.sum(dim=0)
+            kernels._prototype_mil_bwd_dp[lambda meta: (triton.cdiv(K, meta["BLOCK_K"]), triton.cdiv(C, meta["BLOCK_C"]))](
+                d, x, *x.stride(), prototypes, *prototypes.stride(), rows, count, x_norm, p_norm, radial_p, scale, g,
+                dp, start, R, rows_bucket, T, K, C, EPS,
+                ACCUMULATE=chunk > 0, LAST=last, UPCAST=upcast, DOT_PRECISION=precision,
+            )
+    if need_dx:
+        grid = (triton.cdiv(B * T, kernels.ZERO_ROWS_BLOCK_R), triton.cdiv(C, kernels.ZERO_ROWS_BLOCK_C))
+        kernels._prototype_mil_bwd_zero_rows[grid](
+            active.view(torch.uint8), dx, B * T, C,
+            BLOCK_R=kernels.ZERO_ROWS_BLOCK_R, BLOCK_C=kernels.ZERO_ROWS_BLOCK_C,
+        )
+    if has_fisher:
+        fisher.add_(fisher_out.sum(dim=0) if deterministic else fisher_out)
+    return dx, dp
 
 
 # --- torch.library custom ops: opaque to torch.compile (fake tensors give the shapes) ---------
@@ -267,12 +356,9 @@ def _(x, prototypes, lengths, tau, fisher, deterministic):
     )
 
 
-# The backward synchronises once with the host (the number of active frames sizes its loop), which
-# a CUDA graph cannot capture: the tag asks torch.compile to keep the op out of its CUDA graphs.
-_BACKWARD_TAGS = {"tags": (torch.Tag.cudagraph_unsafe,)} if hasattr(torch.Tag, "cudagraph_unsafe") else {}
-
-
-@torch.library.custom_op("lpmn_fast::prototype_mil_fused_backward", mutates_args=("fisher",), **_BACKWARD_TAGS)
+# The backward never synchronises with the host (its launches depend on the shapes only), so it
+# needs no cudagraph_unsafe tag: torch.compile's CUDA graphs may capture it.
+@torch.library.custom_op("lpmn_fast::prototype_mil_fused_backward", mutates_args=("fisher",))
 def _fused_backward_op(
     grad_pooled: Tensor,
     x: Tensor,

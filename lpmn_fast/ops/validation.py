@@ -71,14 +71,8 @@ def validate_inputs(
             raise ValueError(f"lengths must have shape (B,) = ({B},), got {tuple(lengths.shape)}")
         if lengths.device != x.device:
             raise ValueError(f"lengths is on {lengths.device} but x is on {x.device}; move it with lengths.to(x.device)")
-        lo, hi = (int(v) for v in torch.aminmax(lengths))
-        if lo < 1:
-            bad = torch.nonzero(lengths < 1).flatten().tolist()
-            raise ValueError(f"empty or zero-length utterance(s) at batch index {bad}: every length must be >= 1")
-        if hi > T:
-            bad = torch.nonzero(lengths > T).flatten().tolist()
-            raise ValueError(f"lengths exceed T = {T} at batch index {bad} (max length {hi})")
         lengths = lengths.to(torch.int64)
+        _check_length_range(lengths, T)
 
     if fisher is not None:
         if not isinstance(fisher, torch.Tensor):
@@ -101,6 +95,28 @@ def validate_inputs(
             rows = torch.nonzero(~torch.isfinite(prototypes).all(dim=-1)).flatten()[:5].tolist()
             raise ValueError(f"prototypes contain NaN or Inf, first rows: {rows}")
     return lengths
+
+
+def _check_length_range(lengths: torch.Tensor, T: int) -> None:
+    """Every length in [1, T]: a ValueError naming the batch indices on the CPU; on CUDA an
+    asynchronous device assert, so that the op never waits for the GPU to read lengths back (the
+    fused kernels clamp lengths to [1, T], so no index goes out of range before the assert fires).
+    """
+    if lengths.device.type == "cuda":
+        torch._assert_async(
+            ((lengths >= 1) & (lengths <= T)).all(),
+            f"lengths must lie in [1, T = {T}]: an utterance has zero frames or more frames than T",
+        )
+        return
+    if lengths.device.type == "meta":
+        return
+    lo, hi = (int(v) for v in torch.aminmax(lengths))
+    if lo < 1:
+        bad = torch.nonzero(lengths < 1).flatten().tolist()
+        raise ValueError(f"empty or zero-length utterance(s) at batch index {bad}: every length must be >= 1")
+    if hi > T:
+        bad = torch.nonzero(lengths > T).flatten().tolist()
+        raise ValueError(f"lengths exceed T = {T} at batch index {bad} (max length {hi})")
 
 
 def validate_fused_inputs(x: torch.Tensor) -> None:
