@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
-from training_fixtures import write_tiny_corpus
 
 import lpmn_fast.training.corpus as training_corpus
 from lpmn_fast.provenance import provenance
@@ -24,11 +23,6 @@ TINY = dict(fbank_mel_bins=16, encoder_hidden=16, num_prototypes=8, top_k=4, tau
             epochs=3, probe_epochs=2, kmeans_frames=500, checkpoint_every=3, progress=False, test_session=3)
 # Columns that depend on the wall clock, not on the training (seconds, and any rate or time the loop adds).
 TIMING = re.compile(r"second|time|per_s|throughput")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture

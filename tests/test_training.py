@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
-from training_fixtures import save_tiny_hubert, write_tiny_corpus
+from training_fixtures import TINY, save_tiny_hubert, tiny_config
 
-import lpmn_fast.training.corpus as training_corpus
 from lpmn_fast.train import main as cli_main
 from lpmn_fast.training import make_config, resolve, train, train_step
 from lpmn_fast.training.batching import collate
@@ -17,25 +16,7 @@ from lpmn_fast.training.checkpoint import load_checkpoint, load_model_state, rea
 from lpmn_fast.training.probe import build_probe_model, linear_probe
 from lpmn_fast.training.steps import LabelledSet, restart_dead_prototypes
 
-# A model small enough for CI's two cores: 16-channel encoder, 8 prototypes.
-TINY = dict(fbank_mel_bins=16, encoder_hidden=16, num_prototypes=8, top_k=4, tau=0.2, lr=1e-2, batch_size=4,
-            epochs=2, probe_epochs=3, kmeans_frames=500, checkpoint_every=3, progress=False, test_session=3)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture
-def use_corpus(corpus, monkeypatch):
-    """train() reads this tiny corpus instead of generating the synthetic one."""
-    monkeypatch.setattr(training_corpus, "load_corpus", lambda config: corpus)
-    return corpus
-
-
-def _config(tmp_path, **fields):
-    return make_config(**{**TINY, "cache_dir": str(tmp_path / "cache"), "run_dir": str(tmp_path / "run"), **fields})
+_config = tiny_config
 
 
 def _batch(backbone, corpus, n=4):

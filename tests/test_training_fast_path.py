@@ -8,10 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from training_fixtures import write_tiny_corpus
+from training_fixtures import tiny_config
 
 import lpmn_fast.nn.prototype_mil as mil_module
-import lpmn_fast.training.corpus as training_corpus
 from lpmn_fast.training import make_config, resolve, train, train_step
 from lpmn_fast.training.batching import collate
 from lpmn_fast.training.build import build_model, build_optimizer, lr_factor
@@ -19,23 +18,8 @@ from lpmn_fast.training.checkpoint import load_checkpoint, read_checkpoint_json
 from lpmn_fast.training.precision import Precision, resolve_precision
 from lpmn_fast.training.sampler import epoch_batches, padding_fraction
 
-TINY = dict(fbank_mel_bins=16, encoder_hidden=16, num_prototypes=8, top_k=4, tau=0.2, lr=1e-2, batch_size=4,
-            epochs=2, probe_epochs=0, kmeans_frames=500, checkpoint_every=3, progress=False, test_session=3)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture
-def use_corpus(corpus, monkeypatch):
-    monkeypatch.setattr(training_corpus, "load_corpus", lambda config: corpus)
-    return corpus
-
-
 def _config(tmp_path, **fields):
-    return make_config(**{**TINY, "cache_dir": str(tmp_path / "cache"), "run_dir": str(tmp_path / "run"), **fields})
+    return tiny_config(tmp_path, **{"probe_epochs": 0, **fields})
 
 
 def _random_batch(backbone, n: int, seed: int = 0):

@@ -9,7 +9,17 @@ import soundfile
 import torch
 
 from lpmn_fast.data.corpus import IEMOCAP_CLASSES, Utterance
+from lpmn_fast.training import make_config
 from lpmn_fast.training.corpus import Corpus
+
+# A model small enough for CI's two cores: 16-channel encoder, 8 prototypes.
+TINY = dict(fbank_mel_bins=16, encoder_hidden=16, num_prototypes=8, top_k=4, tau=0.2, lr=1e-2, batch_size=4,
+            epochs=2, probe_epochs=3, kmeans_frames=500, checkpoint_every=3, progress=False, test_session=3)
+
+
+def tiny_config(tmp_path: Path, **fields):
+    """A TrainConfig of the TINY model with its cache and run folders under ``tmp_path``."""
+    return make_config(**{**TINY, "cache_dir": str(tmp_path / "cache"), "run_dir": str(tmp_path / "run"), **fields})
 
 
 def tiny_hubert_config(stable_layer_norm: bool = False):
