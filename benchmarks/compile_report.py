@@ -147,7 +147,7 @@ def _dcos_args(dtype, precision):
         **_x_args(dtype), rows_ptr=_tensor(i64), count_ptr=_tensor(i64), x_norm_ptr=_tensor(f32),
         p_norm_ptr=_tensor(f32), lse2_ptr=_tensor(f32), frame_index_ptr=_tensor(i64), dpooled_ptr=_tensor(dtype),
         stride_gb=K, stride_gk=1, pooled_ptr=_tensor(f32), scale_ptr=_tensor(f32), d_ptr=_tensor(dtype),
-        radial_x_ptr=_tensor(f32), radial_p_ptr=_tensor(f32), fisher_ptr=_tensor(f32), start=START, R=R,
+        radial_x_parts_ptr=_tensor(f32), radial_p_ptr=_tensor(f32), fisher_ptr=_tensor(f32), start=START, R=R,
         slot0=START // 16, rows_bucket=R, T=T, K=K, C=C, scale2=1.4426950408889634, inv_tau=1.0, eps=1e-12,
         HAS_FISHER=True, DETERMINISTIC=False, NEED_DX=True, NEED_DP=True, UPCAST=False, DOT_PRECISION=precision,
     )
@@ -161,7 +161,7 @@ def _dx_args(dtype, precision):
     return dict(
         d_ptr=_tensor(dtype), p_ptr=x["p_ptr"], stride_pk=C, stride_pc=1, x_ptr=x["x_ptr"], stride_xb=T * C,
         stride_xt=C, stride_xc=1, rows_ptr=_tensor(i64), count_ptr=_tensor(i64), x_norm_ptr=_tensor(f32),
-        radial_x_ptr=_tensor(f32), scale_ptr=_tensor(f32), dx_ptr=_tensor(dtype), start=START, R=R, rows_bucket=R,
+        radial_x_parts_ptr=_tensor(f32), scale_ptr=_tensor(f32), dx_ptr=_tensor(dtype), start=START, R=R, rows_bucket=R,
         T=T, K=K, C=C, eps=1e-12, UPCAST=False, DOT_PRECISION=precision,
     )
 

@@ -16,12 +16,13 @@ tensor: similarity tiles live in registers and are recomputed where needed.
   launches for small batches, the grid extended by prototype slices: partial log-sum-exps (and
   argmaxes) per slice, then each program merges the slices' partials and takes the max over its
   own slice (the flash-decoding scheme).
-* ``_prototype_mil_bwd_dcos``: per tile of active frames (those that win some max; compacted on the
-  device, their count read by the kernels, never by the host), the row weights
-  r[b, t] = sum over k with frame_index[b, k] = t of dY[b, k] * Y[b, k], then per K tile: recompute
-  cos and s, dcos = s * ([frame_index = t] dY - r) / tau, write D = S * dcos / max(|p_k|, eps) once
-  in x's dtype, and sum radial_x[r] = sum_k dcos * cos (registers), radial_p[k] = sum_r dcos * cos
-  (per-row-tile partials) and the Fisher term of eq. (4) (atomics, or partials if deterministic).
+* ``_prototype_mil_bwd_dcos``: per (tile of active frames, K tile), the K tile fastest (active frames:
+  those that win some max; compacted on the device, their count read by the kernels, never by the
+  host): the row weights r[b, t] = sum over k with frame_index[b, k] = t of dY[b, k] * Y[b, k], then
+  recompute cos and s, dcos = s * ([frame_index = t] dY - r) / tau, write D = S * dcos / max(|p_k|, eps)
+  once in x's dtype, and the per-K-tile partials of radial_x[r] = sum_k dcos * cos (summed in fixed
+  order by the dx kernel), radial_p[k] = sum_r dcos * cos (per-row-tile partials) and the Fisher term
+  of eq. (4) (atomics, or partials if deterministic).
 * ``_prototype_mil_bwd_dx``: GEMM D @ P on the raw prototypes; epilogue
   dx = acc / (S max(|x|, eps)) - radial_x x / |x|^2, stored straight into the frame's row of dx.
 * ``_prototype_mil_bwd_dp``: GEMM D^T @ xh (unit frames formed in registers from the raw rows);
@@ -135,8 +136,9 @@ FWD_SPLIT_CONFIGS, FWD_SPLIT_PRUNE = _precision_family_configs(
 # registers per thread in the dcos 16-bit rows (no spill). Autotuning picks within a family per
 # (K, C, rows bucket = next power of two of the chunk's frames, HAS_FISHER for dcos, dtype, precision).
 #
-# The dcos kernel: per tile of BLOCK_R active frames, a loop over all K prototypes (GEMM tile over C
-# plus an elementwise epilogue), so the per-frame sum radial_x is complete in registers.
+# The dcos kernel: one program per (tile of BLOCK_R active frames, tile of BLOCK_K prototypes), the K
+# tile varying fastest, so the programs sharing a row tile of x run together and read it from L2
+# (x crosses HBM about once per chunk). The per-frame sum radial_x is left in per-K-tile partials.
 BWD_DCOS_CONFIGS, BWD_DCOS_PRUNE = _precision_family_configs(
     ("BLOCK_R", "BLOCK_K", "BLOCK_C"),
     (16, 16, 32, 4, 1),
@@ -174,6 +176,16 @@ ZERO_ROWS_BLOCK_C = 32 if INTERPRET else 256
 # config autotuning picks writes inside its chunk's slots (unwritten slots stay zero).
 MIN_BLOCK_R = min(c.kwargs["BLOCK_R"] for c in BWD_DCOS_CONFIGS)
 _MIN_BLOCK_R = tl.constexpr(MIN_BLOCK_R)
+# Smallest prototype tile of any dcos config. The per-frame partials radial_x_parts (radial_x_slots(K),
+# R) fp32 have one slot per MIN_BLOCK_K prototypes; a program with a wider tile writes its partial in
+# its first slot and zeros in the others, so every slot is written whichever config runs (no memset).
+MIN_BLOCK_K = min(c.kwargs["BLOCK_K"] for c in BWD_DCOS_CONFIGS)
+_MIN_BLOCK_K = tl.constexpr(MIN_BLOCK_K)
+
+
+def radial_x_slots(K: int) -> int:
+    """Rows of the dcos kernel's radial_x partials for K prototypes: one per MIN_BLOCK_K of them."""
+    return triton.cdiv(K, MIN_BLOCK_K)
 
 
 @triton.jit
@@ -566,7 +578,7 @@ def _prototype_mil_bwd_dcos(
     pooled_ptr,  # (B, K) fp32 pooled, contiguous
     scale_ptr,  # (1,) fp32 power-of-two scale S of D (1 but for float16)
     d_ptr,  # out (R, K), contiguous, x's dtype: D = S * dcos / max(|p_k|, eps)
-    radial_x_ptr,  # out (R,) fp32: sum over k of dcos * cos
+    radial_x_parts_ptr,  # out (radial_x_slots(K), R) fp32: per slot of MIN_BLOCK_K prototypes, sum of dcos * cos
     radial_p_ptr,  # out (n_slots, K) fp32 zeroed: per row tile, sum over its frames of dcos * cos
     fisher_ptr,  # out: (K,) fp32 zeroed, atomically added to; or (n_slots, K) fp32 zeroed partials if DETERMINISTIC
     start,  # index of the chunk's first frame in the compacted list
@@ -589,20 +601,24 @@ def _prototype_mil_bwd_dcos(
     BLOCK_K: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """Grid (cdiv(R, BLOCK_R),): dcos of BLOCK_R active frames x all K prototypes, and its row/column sums.
+    """Grid (cdiv(K, BLOCK_K) * cdiv(R, BLOCK_R),): dcos of BLOCK_R active frames x BLOCK_K prototypes.
 
-    Per program: a prologue over K reads the (B, K) tables (frame_index, dY, pooled) for its frames
-    to form r; then per K tile it recomputes cos (C / BLOCK_C dots of a BLOCK_R x BLOCK_C tile of
-    x with a BLOCK_C x BLOCK_K tile of P) and s, and writes D (BLOCK_R x BLOCK_K, x's dtype).
-    Reads: x rows (BLOCK_R x C) once per K tile, all of P, the tables; writes D, radial_x, and one
-    K-row of radial_p / Fisher partials (or K atomics). Programs past the active count exit.
-    The re-reads of a program's own x tile (BLOCK_R x C, 128 KB at 64 x 1024 bf16) on each of its
-    K / BLOCK_K steps follow each other closely: the 132 programs in flight hold about 17 MB of x
-    tiles plus P (2 MB) in the 50 MB L2, so x crosses HBM about once (modelled, not measured).
+    Program id = row tile * cdiv(K, BLOCK_K) + K tile: the K tile varies fastest, so the programs
+    sharing a row tile of x (BLOCK_R x C, 128 KB at 64 x 1024 bf16) run next to each other and all
+    but the first read it from L2 (modelled, not measured). Per program: a prologue over all K reads
+    the (B, K) tables (frame_index, dY, pooled) of its frames to form r (each K tile's program redoes
+    it: tables of a row tile are L2-resident for the same reason); then it recomputes cos (C / BLOCK_C
+    dots of a BLOCK_R x BLOCK_C tile of x with a BLOCK_C x BLOCK_K tile of P) and s, and writes its
+    BLOCK_R x BLOCK_K tile of D (x's dtype), its rows' partial of radial_x (fixed slots, summed in a
+    fixed order by the dx kernel: no atomics), its K tile of the row tile's radial_p / Fisher partials
+    (or K-tile atomics). Programs past the active count exit.
     """
     pid = tl.program_id(0)
+    n_k_tiles = tl.cdiv(K, BLOCK_K)
+    pid_k = pid % n_k_tiles
+    pid_r = pid // n_k_tiles
     n = _active_chunk_rows(count_ptr, start, R)
-    row0 = pid.to(tl.int64) * BLOCK_R
+    row0 = pid_r.to(tl.int64) * BLOCK_R
     if row0 < n:
         i = row0 + tl.arange(0, BLOCK_R)  # frame within the chunk (int64)
         row_mask = i < n
@@ -625,42 +641,43 @@ def _prototype_mil_bwd_dcos(
             y = tl.load(pooled_ptr + bK[:, None] + k[None, :], mask=mask & wins, other=0.0)
             r += tl.sum(dy.to(tl.float32) * y, axis=1)
 
-        radial_x = tl.zeros((BLOCK_R,), tl.float32)
         # partial-sum slot of this row tile, in units of the smallest row tile of any config
         slot = slot0 + row0 // _MIN_BLOCK_R
+        k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        k_mask = k < K
+        mask = row_mask[:, None] & k_mask[None, :]
+        inv_p = 1.0 / tl.maximum(tl.load(p_norm_ptr + k, mask=k_mask, other=1.0), eps)
+        cos = _cosine_tile(x_ptr + b * stride_xb + t * stride_xt, stride_xc, row_mask, inv_x, p_ptr, stride_pk,
+                           stride_pc, k, k_mask, inv_p, C, BLOCK_C, UPCAST, DOT_PRECISION)
+        s = tl.exp2(cos * scale2 - lse2[:, None])
+        # d pooled[b, j] / d cos[b, t, k] = [f[b, j] = t] s_j (delta_jk - s_k) / tau, summed over j:
+        # dcos = s * ([f[b, k] = t] dY[b, k] - r[b, t]) / tau
+        wins = tl.load(frame_index_ptr + bK[:, None] + k[None, :], mask=mask, other=-1) == t[:, None]
+        dy = tl.load(dpooled_ptr + b[:, None] * stride_gb + k[None, :] * stride_gk, mask=mask & wins, other=0.0)
+        dcos = s * (dy.to(tl.float32) - r[:, None]) * inv_tau
+        dcos = tl.where(mask, dcos, 0.0)
+        if NEED_DX or NEED_DP:
+            d = dcos * (inv_p * scale)[None, :]
+            tl.store(d_ptr + i[:, None] * K + k[None, :], d.to(d_ptr.dtype.element_ty), mask=mask)
+        if NEED_DX:
+            # this K tile's share of radial_x in its first MIN_BLOCK_K slot, zeros in the tile's other slots
+            j = tl.arange(0, BLOCK_K // _MIN_BLOCK_K)
+            slot_k = pid_k * (BLOCK_K // _MIN_BLOCK_K) + j
+            part = tl.sum(dcos * cos, axis=1)
+            part = tl.where((j == 0)[:, None], part[None, :], 0.0)
+            tl.store(radial_x_parts_ptr + slot_k[:, None].to(tl.int64) * R + i[None, :], part,
+                     mask=(slot_k < tl.cdiv(K, _MIN_BLOCK_K))[:, None] & row_mask[None, :])
+        if NEED_DP:
+            tl.store(radial_p_ptr + slot * K + k, tl.sum(dcos * cos, axis=0), mask=k_mask)
         if HAS_FISHER:
             # eq. (4): ||dcos * d cos / d p_k||^2 = dcos^2 (|xh|^2 - cos^2) / max(|p_k|, eps)^2
             xh_sq = x_norm * inv_x
             xh_sq = xh_sq * xh_sq
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = k < K
-            mask = row_mask[:, None] & k_mask[None, :]
-            inv_p = 1.0 / tl.maximum(tl.load(p_norm_ptr + k, mask=k_mask, other=1.0), eps)
-            cos = _cosine_tile(x_ptr + b * stride_xb + t * stride_xt, stride_xc, row_mask, inv_x, p_ptr, stride_pk,
-                               stride_pc, k, k_mask, inv_p, C, BLOCK_C, UPCAST, DOT_PRECISION)
-            s = tl.exp2(cos * scale2 - lse2[:, None])
-            # d pooled[b, j] / d cos[b, t, k] = [f[b, j] = t] s_j (delta_jk - s_k) / tau, summed over j:
-            # dcos = s * ([f[b, k] = t] dY[b, k] - r[b, t]) / tau
-            wins = tl.load(frame_index_ptr + bK[:, None] + k[None, :], mask=mask, other=-1) == t[:, None]
-            dy = tl.load(dpooled_ptr + b[:, None] * stride_gb + k[None, :] * stride_gk, mask=mask & wins, other=0.0)
-            dcos = s * (dy.to(tl.float32) - r[:, None]) * inv_tau
-            dcos = tl.where(mask, dcos, 0.0)
-            if NEED_DX or NEED_DP:
-                d = dcos * (inv_p * scale)[None, :]
-                tl.store(d_ptr + i[:, None] * K + k[None, :], d.to(d_ptr.dtype.element_ty), mask=mask)
-            if NEED_DX:
-                radial_x += tl.sum(dcos * cos, axis=1)
-            if NEED_DP:
-                tl.store(radial_p_ptr + slot * K + k, tl.sum(dcos * cos, axis=0), mask=k_mask)
-            if HAS_FISHER:
-                term = tl.sum(dcos * dcos * (xh_sq[:, None] - cos * cos), axis=0) * inv_p * inv_p
-                if DETERMINISTIC:
-                    tl.store(fisher_ptr + slot * K + k, term, mask=k_mask)
-                else:
-                    tl.atomic_add(fisher_ptr + k, term, mask=k_mask, sem="relaxed")
-        if NEED_DX:
-            tl.store(radial_x_ptr + i, radial_x, mask=row_mask)
+            term = tl.sum(dcos * dcos * (xh_sq[:, None] - cos * cos), axis=0) * inv_p * inv_p
+            if DETERMINISTIC:
+                tl.store(fisher_ptr + slot * K + k, term, mask=k_mask)
+            else:
+                tl.atomic_add(fisher_ptr + k, term, mask=k_mask, sem="relaxed")
 
 
 @triton.autotune(configs=BWD_DX_CONFIGS, key=["K", "C", "rows_bucket", "DOT_PRECISION"], prune_configs_by=BWD_DX_PRUNE)
@@ -677,7 +694,7 @@ def _prototype_mil_bwd_dx(
     rows_ptr,  # as in the dcos kernel
     count_ptr,
     x_norm_ptr,  # (B, T) fp32, contiguous
-    radial_x_ptr,  # (R,) fp32
+    radial_x_parts_ptr,  # (radial_x_slots(K), R) fp32, from the dcos kernel
     scale_ptr,  # (1,) fp32 S
     dx_ptr,  # out (B, T, C), contiguous, x's dtype: the chunk's rows
     start,
@@ -697,7 +714,8 @@ def _prototype_mil_bwd_dx(
 
     The feature tile varies fastest, so the programs sharing a row tile of D run together and D
     comes from HBM about once. Reads: a BLOCK_R x K row tile of D and a K x BLOCK_C column tile of
-    P (K / BLOCK_K steps), then the BLOCK_R x BLOCK_C tile of x for the epilogue; writes that tile of
+    P (K / BLOCK_K steps), then the BLOCK_R x BLOCK_C tile of x and the rows' radial_x partials
+    (cdiv(K, MIN_BLOCK_K) x BLOCK_R fp32) for the epilogue; writes that tile of
     dx straight into its (b, t) row. Programs past the active count exit.
     """
     pid_c = tl.program_id(0)
@@ -727,7 +745,10 @@ def _prototype_mil_bwd_dx(
         t = row - b * T
         x_norm = tl.load(x_norm_ptr + row, mask=row_mask, other=1.0)
         inv_x = 1.0 / tl.maximum(x_norm, eps)
-        radial = tl.load(radial_x_ptr + i, mask=row_mask, other=0.0)
+        # radial_x = the dcos kernel's per-K-tile partials, summed in slot order (deterministic)
+        radial = tl.zeros((BLOCK_R,), tl.float32)
+        for j in range(0, tl.cdiv(K, _MIN_BLOCK_K)):
+            radial += tl.load(radial_x_parts_ptr + j * R + i, mask=row_mask, other=0.0)
         radial = tl.where(x_norm >= eps, radial * inv_x * inv_x, 0.0)
         mask = row_mask[:, None] & c_mask[None, :]
         xt = tl.load(x_ptr + (b * stride_xb + t * stride_xt)[:, None] + c[None, :] * stride_xc, mask=mask, other=0.0)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-pytest.importorskip("triton", reason="the fused backend needs triton")
+triton = pytest.importorskip("triton", reason="the fused backend needs triton")
 
 from test_triton_op import (  # noqa: E402
     DEVICE,
@@ -274,6 +274,94 @@ def test_zero_frame_with_chunks(tiny_chunks):
     torch.testing.assert_close(dx.cpu().double()[rest], dx_ref[rest], rtol=1e-4, atol=1e-4 * scale)
     torch.testing.assert_close(dp.double().cpu(), dp_ref, rtol=1e-4, atol=1e-4 * dp_ref.abs().max())
     torch.testing.assert_close(fisher.double().cpu(), fisher_ref, rtol=1e-4, atol=1e-4 * fisher_ref.abs().max())
+
+
+# radial_x partials of the dcos kernel's 2-D grid: K = 37 spans three 16-wide K tiles (the last one
+# 5 wide), chunks of 16 and 24 frames (24: a chunk ends inside a row tile). float32 inputs: each
+# partial is an fp32 sum over at most BLOCK_K products, so relative 1e-5 of the row's largest term.
+RADIAL_TOL = 1e-5
+
+
+@pytest.mark.parametrize("chunk_rows", [TINY_CHUNK, TINY_CHUNK + 8, None])
+@pytest.mark.parametrize("wide_tiles", [False, True])
+def test_radial_x_partials_match_reference_and_are_deterministic(monkeypatch, chunk_rows, wide_tiles):
+    if chunk_rows is not None:
+        monkeypatch.setattr(triton_op, "_chunk_rows", lambda K, C: chunk_rows)
+    if wide_tiles:
+        if ON_GPU:
+            pytest.skip("replaces the interpreter's single dcos config; on a GPU autotuning picks the tiles")
+        # a dcos config wider than the smallest tiles: 32 frames (radial_p slots left zero between row
+        # tiles) x 32 prototypes (two radial_x slots per program: the partial, then zeros)
+        wide = triton.Config(dict(BLOCK_R=32, BLOCK_K=32, BLOCK_C=32), num_warps=4, num_stages=1)
+        monkeypatch.setattr(kernels._prototype_mil_bwd_dcos, "configs", [wide])
+    B, T, C, K = 3, 23, 33, 37
+    tau = 0.4
+    x, p, lengths, upstream = make_inputs((B, T, C, K), seed=21)
+    assert triton.cdiv(K, kernels.MIN_BLOCK_K) >= 3 or ON_GPU  # several K tiles under the interpreter
+    pooled, frame_index, _, pooled32, lse2, x_norm, p_norm = triton_op.prototype_mil_forward(x, p, lengths, tau)
+
+    parts_per_chunk = []  # the radial_x partials each dx launch reads, copied at its launch
+    dx_kernel = kernels._prototype_mil_bwd_dx
+
+    class Spy:
+        def __getitem__(self, grid):
+            launch = dx_kernel[grid]
+
+            def run(*args, **kwargs):
+                # tensors in order: d, p, x, rows, count, x_norm, radial_x_parts, scale, dx
+                parts = [a for a in args if isinstance(a, torch.Tensor)][6]
+                assert parts.shape[0] == kernels.radial_x_slots(K) and parts.dtype == torch.float32
+                parts_per_chunk.append(parts.clone())
+                return launch(*args, **kwargs)
+
+            return run
+
+    monkeypatch.setattr(kernels, "_prototype_mil_bwd_dx", Spy())
+    runs = []
+    for _ in range(2):
+        parts_per_chunk.clear()
+        fisher = torch.zeros(K, device=DEVICE)
+        dx, dp = triton_op.prototype_mil_backward(upstream, x, p, frame_index, pooled32, lse2, x_norm, p_norm, tau,
+                                                  fisher, True, True, True)
+        runs.append((list(parts_per_chunk), dx, dp, fisher))
+
+    # float64 reference: radial_x[b, t] = sum_k dcos[b, t, k] cos[b, t, k] over the active frames in order
+    _, cos, _, _, _, _ = reference_given_winners(x, p, lengths, tau, frame_index, upstream)
+    valid = torch.arange(T) < lengths.cpu()[:, None]
+    cos_leaf = cos.clone().requires_grad_(True)
+    s = torch.softmax(cos_leaf / tau, dim=-1)
+    s.gather(1, frame_index.cpu()[:, None, :]).squeeze(1).backward(upstream.double().cpu())
+    terms = (cos_leaf.grad * cos) * valid[..., None]  # (B, T, K)
+    active, rows, count = triton_op._active_frames(frame_index, T)
+    n = int(count.item())
+    order = rows[:n].cpu()
+    ref = terms.reshape(B * T, K)[order]  # (n, K)
+
+    parts_list = runs[0][0]
+    R = parts_list[0].shape[1]
+    got = torch.cat([parts.double().cpu() for parts in parts_list], dim=1)[:, :n]  # (slots, n)
+    assert len(parts_list) == triton.cdiv(B * min(T, K), R)
+    # each slot holds the sum over its prototypes (wider tiles: the first slot of the tile, zeros after)
+    radial_ref = ref.sum(dim=1)
+    torch.testing.assert_close(got.sum(dim=0), radial_ref, rtol=0,
+                               atol=RADIAL_TOL * ref.abs().max().item())
+    # under the interpreter slot j of a BLOCK_K-wide tile holds the tile's sum if j is its first slot, else 0
+    if not ON_GPU:
+        block_k, width = (32 if wide_tiles else 16), kernels.MIN_BLOCK_K
+        slot_ref = torch.stack([ref[:, j * width:j * width + block_k].sum(dim=1) if j * width % block_k == 0
+                                else torch.zeros(n, dtype=ref.dtype) for j in range(got.shape[0])])
+        torch.testing.assert_close(got, slot_ref, rtol=0, atol=RADIAL_TOL * ref.abs().max().item())
+    # and the gradients built from them match the float64 reference
+    _, _, _, dx_ref, dp_ref, fisher_ref = reference_given_winners(x, p, lengths, tau, frame_index, upstream)
+    for got_grad, want in ((runs[0][1], dx_ref), (runs[0][2], dp_ref), (runs[0][3], fisher_ref)):
+        torch.testing.assert_close(got_grad.double().cpu(), want, rtol=FP32_TOLS["dx"],
+                                   atol=FP32_TOLS["dx"] * want.abs().max().item())
+    # deterministic mode: partials, dx, dp and Fisher bit-identical across runs
+    for chunk, (a, b) in enumerate(zip(runs[0][0], runs[1][0])):
+        written = max(0, min(n - chunk * R, R))  # columns past the chunk's active frames are never written
+        assert torch.equal(a[:, :written], b[:, :written])
+    for i in (1, 2, 3):
+        assert torch.equal(runs[0][i], runs[1][i])
 
 
 # ---- GPU only ---------------------------------------------------------------------------------

@@ -286,7 +286,8 @@ def _backward_launches(grad_pooled, x, prototypes, frame_index, pooled32, lse2, 
     has_fisher = fisher is not None
     placeholder = torch.zeros(1, dtype=f32, device=device)
     d = _alloc((R, K), x.dtype, device) if (need_dx or need_dp) else placeholder
-    radial_x = _alloc((R,), f32, device) if need_dx else placeholder
+    # per-K-tile partials of radial_x; the dcos kernel writes every slot of its chunk's rows (no memset)
+    radial_x = _alloc((kernels.radial_x_slots(K), R), f32, device) if need_dx else placeholder
     radial_parts = _alloc((n_slots, K), f32, device, zero=True) if need_dp else placeholder
     if has_fisher:
         fisher_out = _alloc((n_slots, K) if deterministic else (K,), f32, device, zero=True)
@@ -301,7 +302,9 @@ def _backward_launches(grad_pooled, x, prototypes, frame_index, pooled32, lse2, 
 
     for chunk in range(n_chunks):
         start, last = chunk * R, chunk == n_chunks - 1
-        kernels._prototype_mil_bwd_dcos[lambda meta: (triton.cdiv(R, meta["BLOCK_R"]),)](
+        # one program per (row tile, K tile), the K tile fastest: a row tile's programs share its x rows in L2
+        dcos_grid = lambda meta: (triton.cdiv(K, meta["BLOCK_K"]) * triton.cdiv(R, meta["BLOCK_R"]),)  # noqa: E731
+        kernels._prototype_mil_bwd_dcos[dcos_grid](
             x, *x.stride(), prototypes, *prototypes.stride(), rows, count, x_norm, p_norm, lse2, frame_index,
             grad_pooled, *grad_pooled.stride(), pooled32, scale, d, radial_x, radial_parts, fisher_out,
             start, R, chunk * chunk_slots, rows_bucket, T, K, C, kernels.LOG2E / tau, 1.0 / tau, EPS,
