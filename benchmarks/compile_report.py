@@ -146,11 +146,23 @@ def _dcos_args(dtype, precision):
     return dict(
         **_x_args(dtype), rows_ptr=_tensor(i64), count_ptr=_tensor(i64), x_norm_ptr=_tensor(f32),
         p_norm_ptr=_tensor(f32), lse2_ptr=_tensor(f32), frame_index_ptr=_tensor(i64), dpooled_ptr=_tensor(dtype),
-        stride_gb=K, stride_gk=1, pooled_ptr=_tensor(f32), scale_ptr=_tensor(f32), d_ptr=_tensor(dtype),
+        stride_gb=K, stride_gk=1, row_weight_ptr=_tensor(f32), scale_ptr=_tensor(f32), d_ptr=_tensor(dtype),
         radial_x_parts_ptr=_tensor(f32), radial_p_ptr=_tensor(f32), fisher_ptr=_tensor(f32), start=START, R=R,
         slot0=START // 16, rows_bucket=R, T=T, K=K, C=C, scale2=1.4426950408889634, inv_tau=1.0, eps=1e-12,
         HAS_FISHER=True, DETERMINISTIC=False, NEED_DX=True, NEED_DP=True, UPCAST=False, DOT_PRECISION=precision,
     )
+
+
+def _row_weights_args(dtype, precision):
+    import torch
+
+    from lpmn_fast.kernels import prototype_mil as kernels
+
+    f32, i64 = torch.float32, torch.int64
+    return dict(rows_ptr=_tensor(i64), count_ptr=_tensor(i64), frame_index_ptr=_tensor(i64),
+                dpooled_ptr=_tensor(dtype), stride_gb=K, stride_gk=1, pooled_ptr=_tensor(f32),
+                row_weight_ptr=_tensor(f32), start=START, R=R, T=T, K=K,
+                BLOCK_R=kernels.ROW_WEIGHTS_BLOCK_R, BLOCK_K=kernels.ROW_WEIGHTS_BLOCK_K)
 
 
 def _dx_args(dtype, precision):
@@ -194,13 +206,14 @@ SAMPLE_ARGS = {
     "_prototype_mil_fwd": _fwd_args,
     "_prototype_mil_fwd_split_lse": _split_lse_args,
     "_prototype_mil_fwd_split_max": _split_max_args,
+    "_prototype_mil_bwd_row_weights": _row_weights_args,
     "_prototype_mil_bwd_dcos": _dcos_args,
     "_prototype_mil_bwd_dx": _dx_args,
     "_prototype_mil_bwd_dp": _dp_args,
     "_prototype_mil_bwd_zero_rows": _zero_rows_args,
 }
 # Kernels without a tl.dot: compiled once per input dtype, whatever the dot precision.
-NO_DOT = {"_prototype_mil_bwd_zero_rows"}
+NO_DOT = {"_prototype_mil_bwd_zero_rows", "_prototype_mil_bwd_row_weights"}
 
 
 # ---- discovery ----------------------------------------------------------------------------------

@@ -16,9 +16,10 @@ tensor: similarity tiles live in registers and are recomputed where needed.
   launches for small batches, the grid extended by prototype slices: partial log-sum-exps (and
   argmaxes) per slice, then each program merges the slices' partials and takes the max over its
   own slice (the flash-decoding scheme).
-* ``_prototype_mil_bwd_dcos``: per (tile of active frames, K tile), the K tile fastest (active frames:
-  those that win some max; compacted on the device, their count read by the kernels, never by the
-  host): the row weights r[b, t] = sum over k with frame_index[b, k] = t of dY[b, k] * Y[b, k], then
+* ``_prototype_mil_bwd_row_weights``: per tile of active frames (those that win some max; compacted
+  on the device, their count read by the kernels, never by the host), the row weights
+  r[b, t] = sum over k with frame_index[b, k] = t of dY[b, k] * Y[b, k].
+* ``_prototype_mil_bwd_dcos``: per (tile of active frames, K tile), the K tile fastest:
   recompute cos and s, dcos = s * ([frame_index = t] dY - r) / tau, write D = S * dcos / max(|p_k|, eps)
   once in x's dtype, and the per-K-tile partials of radial_x[r] = sum_k dcos * cos (summed in fixed
   order by the dx kernel), radial_p[k] = sum_r dcos * cos (per-row-tile partials) and the Fisher term
@@ -166,6 +167,10 @@ BWD_DP_CONFIGS, BWD_DP_PRUNE = _precision_family_configs(
     [(32, 128, 128, 8, 4), (64, 64, 64, 4, 3), (32, 64, 64, 4, 4)],
     [(16, 64, 64, 4, 3), (32, 32, 64, 4, 3), (32, 64, 32, 4, 3)],
 )
+
+# The row weights r stream the (B, K) tables of a tile of frames; one config.
+ROW_WEIGHTS_BLOCK_R = 16 if INTERPRET else 32
+ROW_WEIGHTS_BLOCK_K = 16 if INTERPRET else 128
 
 # Zeroing the rows of dx that win no max only streams stores; one config.
 ZERO_ROWS_BLOCK_R = 16 if INTERPRET else 32
@@ -555,6 +560,49 @@ def _active_chunk_rows(count_ptr, start, R):
     return tl.minimum(tl.maximum(tl.load(count_ptr) - start, 0), R)
 
 
+@triton.jit
+def _prototype_mil_bwd_row_weights(
+    rows_ptr,  # as in the dcos kernel
+    count_ptr,
+    frame_index_ptr,  # (B, K) int64, contiguous
+    dpooled_ptr,
+    stride_gb,
+    stride_gk,
+    pooled_ptr,  # (B, K) fp32 pooled, contiguous
+    row_weight_ptr,  # out (R,) fp32
+    start,
+    R,
+    T,
+    K,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Grid (cdiv(R, BLOCK_R),): r[b, t] = sum over the prototypes k frame t wins of dY[b, k] * Y[b, k].
+
+    The row weight of dcos = s * ([f[b, k] = t] dY - r) / tau, summed over K in a fixed order (one
+    pass over each frame's (B, K) table rows, shared in L2 by the frames of one utterance), once per
+    chunk, for the dcos kernel's K-tile programs to read. Programs past the active count exit.
+    """
+    n = _active_chunk_rows(count_ptr, start, R)
+    row0 = tl.program_id(0).to(tl.int64) * BLOCK_R
+    if row0 < n:
+        i = row0 + tl.arange(0, BLOCK_R)
+        row_mask = i < n
+        row = tl.load(rows_ptr + start + i, mask=row_mask, other=0)
+        b = row // T
+        t = row - b * T
+        bK = b * K  # int64: B * K may pass 2**31
+        r = tl.zeros((BLOCK_R,), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            mask = row_mask[:, None] & (k < K)[None, :]
+            wins = tl.load(frame_index_ptr + bK[:, None] + k[None, :], mask=mask, other=-1) == t[:, None]
+            dy = tl.load(dpooled_ptr + b[:, None] * stride_gb + k[None, :] * stride_gk, mask=mask & wins, other=0.0)
+            y = tl.load(pooled_ptr + bK[:, None] + k[None, :], mask=mask & wins, other=0.0)
+            r += tl.sum(dy.to(tl.float32) * y, axis=1)
+        tl.store(row_weight_ptr + i, r, mask=row_mask)
+
+
 @triton.autotune(configs=BWD_DCOS_CONFIGS, key=["K", "C", "rows_bucket", "HAS_FISHER", "DOT_PRECISION"],
                  prune_configs_by=BWD_DCOS_PRUNE, reset_to_zero=["fisher_ptr", "radial_p_ptr"])
 @triton.jit
@@ -575,7 +623,7 @@ def _prototype_mil_bwd_dcos(
     dpooled_ptr,
     stride_gb,
     stride_gk,
-    pooled_ptr,  # (B, K) fp32 pooled, contiguous
+    row_weight_ptr,  # (R,) fp32 r of the chunk's frames, from _prototype_mil_bwd_row_weights
     scale_ptr,  # (1,) fp32 power-of-two scale S of D (1 but for float16)
     d_ptr,  # out (R, K), contiguous, x's dtype: D = S * dcos / max(|p_k|, eps)
     radial_x_parts_ptr,  # out (radial_x_slots(K), R) fp32: per slot of MIN_BLOCK_K prototypes, sum of dcos * cos
@@ -605,9 +653,9 @@ def _prototype_mil_bwd_dcos(
 
     Program id = row tile * cdiv(K, BLOCK_K) + K tile: the K tile varies fastest, so the programs
     sharing a row tile of x (BLOCK_R x C, 128 KB at 64 x 1024 bf16) run next to each other and all
-    but the first read it from L2 (modelled, not measured). Per program: a prologue over all K reads
-    the (B, K) tables (frame_index, dY, pooled) of its frames to form r (each K tile's program redoes
-    it: tables of a row tile are L2-resident for the same reason); then it recomputes cos (C / BLOCK_C
+    but the first read it from L2 (modelled, not measured). Per program: it reads its frames' row
+    weights r (one launch before computes them, so that no K tile's program redoes that pass over
+    the (B, K) tables) and its K tile's frame_index and dY; then it recomputes cos (C / BLOCK_C
     dots of a BLOCK_R x BLOCK_C tile of x with a BLOCK_C x BLOCK_K tile of P) and s, and writes its
     BLOCK_R x BLOCK_K tile of D (x's dtype), its rows' partial of radial_x (fixed slots, summed in a
     fixed order by the dx kernel: no atomics), its K tile of the row tile's radial_p / Fisher partials
@@ -631,16 +679,7 @@ def _prototype_mil_bwd_dcos(
         lse2 = tl.load(lse2_ptr + row, mask=row_mask, other=0.0)
         scale = tl.load(scale_ptr)
 
-        # r[b, t] = sum over the prototypes frame t wins of dY * Y, in fixed order
-        r = tl.zeros((BLOCK_R,), tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            mask = row_mask[:, None] & (k < K)[None, :]
-            wins = tl.load(frame_index_ptr + bK[:, None] + k[None, :], mask=mask, other=-1) == t[:, None]
-            dy = tl.load(dpooled_ptr + b[:, None] * stride_gb + k[None, :] * stride_gk, mask=mask & wins, other=0.0)
-            y = tl.load(pooled_ptr + bK[:, None] + k[None, :], mask=mask & wins, other=0.0)
-            r += tl.sum(dy.to(tl.float32) * y, axis=1)
-
+        r = tl.load(row_weight_ptr + i, mask=row_mask, other=0.0)
         # partial-sum slot of this row tile, in units of the smallest row tile of any config
         slot = slot0 + row0 // _MIN_BLOCK_R
         k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)

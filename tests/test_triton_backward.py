@@ -193,8 +193,8 @@ def test_backward_has_no_host_sync_and_shape_only_launches(monkeypatch):
     """The backward's host code never reads device data: no syncing op, and the same kernel launches
     (kernel, grid) whatever the number of active frames."""
     launches = []
-    for name in ("_prototype_mil_bwd_dcos", "_prototype_mil_bwd_dx", "_prototype_mil_bwd_dp",
-                 "_prototype_mil_bwd_zero_rows"):
+    for name in ("_prototype_mil_bwd_row_weights", "_prototype_mil_bwd_dcos", "_prototype_mil_bwd_dx",
+                 "_prototype_mil_bwd_dp", "_prototype_mil_bwd_zero_rows"):
         kernel = getattr(kernels, name)
 
         class Recorder:
@@ -230,7 +230,7 @@ def test_backward_has_no_host_sync_and_shape_only_launches(monkeypatch):
                                              torch.zeros(K, device=DEVICE), False, True, True)
         assert not [n for n in log.names if any(s in n for s in SYNCING_OPS)], log.names
         saved[len(saved)] = launches[-1]
-    assert saved[0] == saved[1] and len(saved[0]) == 3 * _chunks(B, T, K, C) + 1
+    assert saved[0] == saved[1] and len(saved[0]) == 4 * _chunks(B, T, K, C) + 1
 
 
 def test_backward_launches_on_the_tensors_device(monkeypatch):

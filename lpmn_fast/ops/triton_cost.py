@@ -16,7 +16,8 @@ What is counted:
   (an upper estimate: a GPU run's measured/modelled ratio says how much L2 saves).
   (2) An operand several programs read (the prototypes, a chunk's D, the (B, K) tables) crosses
   DRAM once if the programs sharing a tile of it run next to each other (neighbouring program
-  ids, e.g. the feature tiles of one row tile of D in the dx GEMM) or if it fits in half the L2
+  ids, e.g. the feature tiles of one row tile of D in the dx GEMM, or the K tiles of one row tile
+  of x in the backward's dcos kernel) or if it fits in half the L2
   (``L2_SHARE``), else once per program that reads it.
   Masked lanes move no bytes; programs that exit at once (padding tiles, frames past the active
   count) move only what they read to decide so.
@@ -187,34 +188,57 @@ def split_max_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
 
 # ---- backward -----------------------------------------------------------------------------------
 
-def dcos_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
-    """``_prototype_mil_bwd_dcos``: grid (cdiv(R, BLOCK_R),) over one chunk; programs past the count exit.
+def row_weights_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
+    """``_prototype_mil_bwd_row_weights``: grid (cdiv(R, BLOCK_R),); r of each active frame from its (B, K) table rows.
 
-    Per computing program: a prologue over K reading the (B, K) tables for r, then per K tile the
-    cosine tile (a C loop over its x rows and a P tile), D written in x's dtype, radial and Fisher sums.
+    A frame reads its utterance's frame_index row (all K) and dY, Y where it wins; the frames of one
+    utterance are neighbours in the compacted list, so a table row crosses DRAM about once (rule 2).
+    """
+    K = a["K"]
+    n = _chunk_rows(a, data)
+    gs, fi = _size(a["dpooled_ptr"]), _size(a["frame_index_ptr"])
+    B = a["frame_index_ptr"].shape[0]
+    share = n / max(1, data.active_rows or n)  # this chunk's share of the utterances' (B, K) tables
+    io = n * I64 + n * gs + n * F32 + n * F32  # rows; dY and Y where won (about one per frame); r written
+    hbm = int(B * K * fi * share) + io + grid[0] * I64
+    issued = n * K * fi + io + grid[0] * I64
+    return KernelCost(0, 0, hbm, issued, grid[0])
+
+
+def dcos_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
+    """``_prototype_mil_bwd_dcos``: grid (cdiv(K, BLOCK_K) * cdiv(R, BLOCK_R),), the K tile fastest; past the count exit.
+
+    Per computing program (one row tile x one K tile): its frames' row weights r, the cosine tile
+    (a C loop over its x rows and a P tile), its K tile's frame_index and dY, its tile of D in x's
+    dtype, its rows' radial_x partials (its MIN_BLOCK_K slots: the partial, then zeros), its K tile
+    of the row tile's radial_p / Fisher partials (or atomics). The programs of one row tile have
+    neighbouring ids, so its x rows cross DRAM once (rule 2); P once if it fits in L2.
     """
     K, C, BR, BK, BC = a["K"], a["C"], a["BLOCK_R"], a["BLOCK_K"], a["BLOCK_C"]
     n = _chunk_rows(a, data)
-    n_r = _cdiv(n, BR)  # programs that compute
+    n_r = _cdiv(n, BR)  # row tiles that compute
     n_k = _cdiv(K, BK)
     xs, ps, gs = _size(a["x_ptr"]), _size(a["p_ptr"]), _size(a["dpooled_ptr"])
     fi = _size(a["frame_index_ptr"])
     flops = 2 * (n_r * BR) * (n_k * BK) * _pad(C, BC)
-    x_reads = n_k * n * C * xs  # each K tile reloads the program's rows (rule 1)
-    row_stats = n * (I64 + F32 + F32)  # rows, |x|, lse2
-    tables_issued = 2 * n * K * fi + 2 * n * gs + n * F32  # frame_index twice (prologue, loop); dY, Y where won
+    x_once = n * C * xs
+    row_stats = n * (I64 + F32 + F32 + F32)  # rows, |x|, lse2, r
+    tables_issued = n * K * fi + n * gs  # frame_index over the program's K tile, dY where won
     B = a["frame_index_ptr"].shape[0]
     share = n / max(1, data.active_rows or n)  # this chunk's share of the utterances' (B, K) tables
-    tables_hbm = int(B * K * fi * share) + 2 * n * gs + n * F32
+    tables_hbm = int(B * K * fi * share) + n * gs
     need_d = a["NEED_DX"] or a["NEED_DP"]
-    out = (n * K * xs if need_d else 0) + (n * F32 if a["NEED_DX"] else 0) + (n_r * K * F32 if a["NEED_DP"] else 0)
+    x_slots = a["radial_x_parts_ptr"].shape[0] if a["NEED_DX"] else 0  # every slot of each computing row written
+    out = (n * K * xs if need_d else 0) + x_slots * n * F32 + (n_r * K * F32 if a["NEED_DP"] else 0)
     fisher_issued = n_r * K * F32 if a["HAS_FISHER"] else 0
     fisher_hbm = (fisher_issued if a["DETERMINISTIC"] else K * F32) if a["HAS_FISHER"] else 0
-    hbm = (x_reads + row_stats + _shared(K * C * ps, n_r) + K * F32 + tables_hbm + out + fisher_hbm
-           + grid[0] * I64)
-    issued = (x_reads + row_stats + n_r * K * C * ps + n_r * n_k * BK * F32 + tables_issued + out + fisher_issued
-              + grid[0] * I64)
-    return KernelCost(flops, 2 * n * K * C, hbm, issued, grid[0], x_reads - n * C * xs)
+    programs = grid[0]
+    hbm = (x_once + row_stats + _shared(K * C * ps, n_r) + K * F32 + tables_hbm + out + fisher_hbm
+           + programs * I64)
+    # every K tile's program loads the row tile's x rows and row statistics
+    issued = (n_k * x_once + n_k * row_stats + n_r * K * C * ps + n_r * n_k * BK * F32 + tables_issued + out
+              + fisher_issued + programs * I64)
+    return KernelCost(flops, 2 * n * K * C, hbm, issued, programs, 0)
 
 
 def dx_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
@@ -225,7 +249,8 @@ def dx_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
     ds, ps, xs = _size(a["d_ptr"]), _size(a["p_ptr"]), _size(a["x_ptr"])
     flops = 2 * (n_r * BR) * _pad(K, BK) * (n_c * BC)
     d_once, p_once = n * K * ds, K * C * ps
-    stats = n * (I64 + F32 + F32)  # rows, |x|, radial_x
+    # rows, |x|, and the dcos kernel's radial_x partials (one fp32 per slot and row), summed in the epilogue
+    stats = n * (I64 + F32) + a["radial_x_parts_ptr"].shape[0] * n * F32
     epilogue = n * C * xs * 2  # x tile read, dx tile written
     # the feature tile varies fastest: the n_c programs of a row tile of D run together (rule 2)
     hbm = (d_once if n_r else 0) + _shared(p_once, n_r) + stats + epilogue + grid[0] * grid[1] * I64
@@ -265,6 +290,7 @@ COSTS: dict[str, Callable[[dict, tuple, LaunchData], KernelCost]] = {
     "_prototype_mil_fwd": forward_cost,
     "_prototype_mil_fwd_split_lse": split_lse_cost,
     "_prototype_mil_fwd_split_max": split_max_cost,
+    "_prototype_mil_bwd_row_weights": row_weights_cost,
     "_prototype_mil_bwd_dcos": dcos_cost,
     "_prototype_mil_bwd_dx": dx_cost,
     "_prototype_mil_bwd_dp": dp_cost,

@@ -288,6 +288,7 @@ def _backward_launches(grad_pooled, x, prototypes, frame_index, pooled32, lse2, 
     d = _alloc((R, K), x.dtype, device) if (need_dx or need_dp) else placeholder
     # per-K-tile partials of radial_x; the dcos kernel writes every slot of its chunk's rows (no memset)
     radial_x = _alloc((kernels.radial_x_slots(K), R), f32, device) if need_dx else placeholder
+    row_weight = _alloc((R,), f32, device)
     radial_parts = _alloc((n_slots, K), f32, device, zero=True) if need_dp else placeholder
     if has_fisher:
         fisher_out = _alloc((n_slots, K) if deterministic else (K,), f32, device, zero=True)
@@ -302,11 +303,15 @@ def _backward_launches(grad_pooled, x, prototypes, frame_index, pooled32, lse2, 
 
     for chunk in range(n_chunks):
         start, last = chunk * R, chunk == n_chunks - 1
+        kernels._prototype_mil_bwd_row_weights[(triton.cdiv(R, kernels.ROW_WEIGHTS_BLOCK_R),)](
+            rows, count, frame_index, grad_pooled, *grad_pooled.stride(), pooled32, row_weight, start, R, T, K,
+            BLOCK_R=kernels.ROW_WEIGHTS_BLOCK_R, BLOCK_K=kernels.ROW_WEIGHTS_BLOCK_K,
+        )
         # one program per (row tile, K tile), the K tile fastest: a row tile's programs share its x rows in L2
         dcos_grid = lambda meta: (triton.cdiv(K, meta["BLOCK_K"]) * triton.cdiv(R, meta["BLOCK_R"]),)  # noqa: E731
         kernels._prototype_mil_bwd_dcos[dcos_grid](
             x, *x.stride(), prototypes, *prototypes.stride(), rows, count, x_norm, p_norm, lse2, frame_index,
-            grad_pooled, *grad_pooled.stride(), pooled32, scale, d, radial_x, radial_parts, fisher_out,
+            grad_pooled, *grad_pooled.stride(), row_weight, scale, d, radial_x, radial_parts, fisher_out,
             start, R, chunk * chunk_slots, rows_bucket, T, K, C, kernels.LOG2E / tau, 1.0 / tau, EPS,
             HAS_FISHER=has_fisher, DETERMINISTIC=deterministic, NEED_DX=need_dx, NEED_DP=need_dp,
             UPCAST=upcast, DOT_PRECISION=precision,
