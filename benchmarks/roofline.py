@@ -360,8 +360,6 @@ def triton_launches(ledger: OpLedger, machine: Machine):
     # Meta tensors are not CUDA tensors: take the CUDA branches of the host code, on a GPU of
     # ``machine.sms`` SMs (the split-K forward is chosen from the SM count).
     host = [(triton_op, "check_fused_device", lambda x: None)]
-    if hasattr(triton_op, "_mm_f32"):
-        host.append((triton_op, "_mm_f32", _gpu_mm_f32))
     if hasattr(triton_op, "_split_slices") and hasattr(triton_op, "_multiprocessor_count"):
         split = triton_op._split_slices
         host.append((triton_op, "_multiprocessor_count", lambda device: machine.sms))
@@ -374,11 +372,6 @@ def triton_launches(ledger: OpLedger, machine: Machine):
     finally:
         for module, attr, value in reversed(patches):
             setattr(module, attr, value)
-
-
-def _gpu_mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """What triton_op's fp32-accumulating GEMM runs on CUDA: one GEMM in the operands' dtype, fp32 out."""
-    return a @ b if a.dtype == torch.float32 else torch.mm(a, b, out_dtype=torch.float32)
 
 
 # ---- providers --------------------------------------------------------------------------------
