@@ -33,7 +33,7 @@ import inspect
 import math
 import re
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -344,8 +344,6 @@ def _launchable(obj) -> bool:
 def triton_launches(ledger: OpLedger, machine: Machine):
     """Replace every launchable kernel of lpmn_fast.kernels.prototype_mil with a :class:`_Recorder`,
     wherever lpmn_fast's modules hold it; and let the host code run on meta tensors."""
-    import triton
-
     from lpmn_fast.kernels import prototype_mil as kernel_module
     from lpmn_fast.ops import triton_op
 
