@@ -1,8 +1,9 @@
 """The full sm_90 compile gate (issue 11) under ``pytest --benchmark``: every config, every variant.
 
-About 6 minutes on 2 CPU cores, hence here and not in the test suite (which checks the committed
-report and compiles one config per kernel). Writes to a temporary file; regenerate the committed
-report with ``python -m benchmarks.compile_report``.
+About 10-20 minutes on 2 CPU cores (112 configs; far less once Triton's cache holds them), hence
+here and not in the test suite (which checks the committed report and compiles one config per
+kernel). Writes to a temporary file; regenerate the committed report with
+``python -m benchmarks.compile_report``.
 """
 
 from __future__ import annotations

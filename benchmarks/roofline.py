@@ -33,7 +33,7 @@ import inspect
 import math
 import re
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -344,8 +344,6 @@ def _launchable(obj) -> bool:
 def triton_launches(ledger: OpLedger, machine: Machine):
     """Replace every launchable kernel of lpmn_fast.kernels.prototype_mil with a :class:`_Recorder`,
     wherever lpmn_fast's modules hold it; and let the host code run on meta tensors."""
-    import triton
-
     from lpmn_fast.kernels import prototype_mil as kernel_module
     from lpmn_fast.ops import triton_op
 
@@ -360,8 +358,6 @@ def triton_launches(ledger: OpLedger, machine: Machine):
     # Meta tensors are not CUDA tensors: take the CUDA branches of the host code, on a GPU of
     # ``machine.sms`` SMs (the split-K forward is chosen from the SM count).
     host = [(triton_op, "check_fused_device", lambda x: None)]
-    if hasattr(triton_op, "_mm_f32"):
-        host.append((triton_op, "_mm_f32", _gpu_mm_f32))
     if hasattr(triton_op, "_split_slices") and hasattr(triton_op, "_multiprocessor_count"):
         split = triton_op._split_slices
         host.append((triton_op, "_multiprocessor_count", lambda device: machine.sms))
@@ -374,11 +370,6 @@ def triton_launches(ledger: OpLedger, machine: Machine):
     finally:
         for module, attr, value in reversed(patches):
             setattr(module, attr, value)
-
-
-def _gpu_mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """What triton_op's fp32-accumulating GEMM runs on CUDA: one GEMM in the operands' dtype, fp32 out."""
-    return a @ b if a.dtype == torch.float32 else torch.mm(a, b, out_dtype=torch.float32)
 
 
 # ---- providers --------------------------------------------------------------------------------

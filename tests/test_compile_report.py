@@ -1,6 +1,6 @@
 """sm_90 compile gate (issue 11): the committed report is current and green, and a real sm_90a compile works.
 
-The full gate (every config of every kernel, ~6 minutes on 2 cores) runs under
+The full gate (every config of every kernel, 10-20 minutes on 2 cores) runs under
 ``pytest --benchmark`` (benchmarks/bench_compile_gate.py) and ``python -m benchmarks.compile_report``.
 The tests here need the kernels module's GPU config lists, which it builds only when not
 interpreting: they run the tool in a subprocess without TRITON_INTERPRET.

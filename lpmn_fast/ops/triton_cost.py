@@ -148,19 +148,21 @@ def _cumulative(lengths: list[int]) -> list[int]:
     return out
 
 
+def _slices(a: dict, grid: tuple, data: LaunchData, norm_pass: bool):
+    """:func:`_sweeps` of a split-K launch, grid (B, frame tiles, S): one sweep per slice of K_SLICE prototypes."""
+    B, K, W = grid[0], a["K"], a["K_SLICE"]
+    parts = [_sweeps(a, data, B, a["T"], min(W, K - s * W), sweeps=1, norm_pass=norm_pass) for s in range(grid[2])]
+    tiles, rows = parts[0][0], parts[0][1]
+    return tiles, rows, sum(p[2] for p in parts), sum(p[3] for p in parts), sum(p[4] for p in parts)
+
+
 def split_lse_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
     """``_prototype_mil_fwd_split_lse``: grid (B, cdiv(T, BLOCK_T), S); |x| and sweep 1 over one slice each.
 
     Tiles of padding only exit; the host sets padding's statistics.
     """
-    B, T, K, C, W = grid[0], a["T"], a["K"], a["C"], a["K_SLICE"]
-    S = grid[2]
-    widths = [min(W, K - s * W) for s in range(S)]
-    parts = [_sweeps(a, data, B, T, w, sweeps=1, norm_pass=True) for w in widths]
-    tiles, rows = parts[0][0], parts[0][1]
-    flops = sum(p[2] for p in parts)
-    x_reads = sum(p[3] for p in parts)
-    p_issued = sum(p[4] for p in parts)
+    B, T, K, C, S = grid[0], a["T"], a["K"], a["C"], grid[2]
+    tiles, rows, flops, x_reads, p_issued = _slices(a, grid, data, norm_pass=True)
     part_out = S * rows * (3 * F32 + I64)  # valid rows only (the host sets padding's statistics)
     hbm = x_reads + _shared(K * C * _size(a["p_ptr"]), tiles) + K * F32 + B * I64 + rows * F32 + part_out
     issued = x_reads + p_issued + tiles * K * F32 + B * grid[1] * S * I64 + rows * F32 + part_out
@@ -169,14 +171,8 @@ def split_lse_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
 
 def split_max_cost(a: dict, grid: tuple, data: LaunchData) -> KernelCost:
     """``_prototype_mil_fwd_split_max``: grid (B, cdiv(T, BLOCK_T), S); merge the S partials, sweep 2 over a slice."""
-    B, T, K, C, W = grid[0], a["T"], a["K"], a["C"], a["K_SLICE"]
-    S = grid[2]
-    widths = [min(W, K - s * W) for s in range(S)]
-    parts = [_sweeps(a, data, B, T, w, sweeps=1, norm_pass=False) for w in widths]
-    tiles, rows = parts[0][0], parts[0][1]
-    flops = sum(p[2] for p in parts)
-    x_reads = sum(p[3] for p in parts)
-    p_issued = sum(p[4] for p in parts)
+    B, T, K, C, S = grid[0], a["T"], a["K"], a["C"], grid[2]
+    tiles, rows, flops, x_reads, p_issued = _slices(a, grid, data, norm_pass=False)
     part_in = S * rows * (3 * F32 + I64)  # every slice's program reads all S partials of its valid rows
     stats_out = rows * (F32 + I64)  # lse2 and nearest of the valid rows, by slice 0
     hbm = (x_reads + _shared(K * C * _size(a["p_ptr"]), tiles) + K * F32 + B * I64 + _shared(part_in, S)
