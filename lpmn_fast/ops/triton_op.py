@@ -16,10 +16,13 @@ programs past it exit, so there is no host synchronisation and the backward capt
 Per chunk, with inv_x = 1 / max(|x|, eps), inv_p = 1 / max(|p|, eps) and D = S * dcos * inv_p
 (S a power of two, 1 but for float16, where it lifts D into float16's range):
 
-* dcos kernel: D (R, K) written once in x's dtype, radial_x[r] = sum_k dcos cos, radial_p[k] =
+* row-weight kernel: r[b, t] = sum over the prototypes frame t wins of dY Y, per active frame;
+* dcos kernel, one program per (row tile, K tile), the K tile fastest: D (R, K) written once in x's
+  dtype, the K tile's partials of radial_x[r] = sum_k dcos cos (fixed slots), radial_p[k] =
   sum_r dcos cos and the Fisher term of eq. (4), all from the recomputed tile;
-* dx kernel: dx_r = inv_x / S * sum_k D[r,k] P_k - radial_x[r] inv_x^2 x_r (the radial term only
-  where |x_r| >= eps: a clamped norm has no derivative), stored straight into row (b, t) of dx;
+* dx kernel: dx_r = inv_x / S * sum_k D[r,k] P_k - radial_x[r] inv_x^2 x_r (radial_x summed from
+  the slots in a fixed order; the radial term only where |x_r| >= eps: a clamped norm has no
+  derivative), stored straight into row (b, t) of dx;
 * dp kernel: dp_k = 1 / S * sum_r D[r,k] inv_x[r] x_r - radial_p[k] inv_p^2 P_k (same eps rule), the
   unit rows inv_x x formed in registers (|.| <= 1, so float16 holds them), the sum carried across
   chunks in one fp32 (K, C) buffer;
@@ -32,11 +35,14 @@ x, P or their unit vectors exists. The inv_x factor is kept out of D so that a f
 HBM bytes at the paper shape (B 128, T 300, C = K = 1024, bf16, lengths 150-300: N <= 28,800 active
 frames, their mean total; R = 8192, 5 chunks), counting each tensor once per kernel that reads or
 writes it (re-reads of a tile by the programs that run together are served by the 50 MB L2: the
-dcos kernel's x row tile across its K loop and P, 2.1 MB, across programs):
-dcos: x rows N*C*2 = 59 MB, D N*K*2 = 59 MB, radial_p partials (zeroed, written, summed) 16 MB, tables
-3 MB; dx: D 59 + x 59 + dx 59 MB; zero rows: (B*T - N)*C*2 = 20 MB; dp: D 59 + x 59 MB, fp32 running
-sum 4 writes + 4 reads of 4.2 MB = 34 MB, P and dp 4 MB; compaction and scale < 3 MB. Total about
-0.50 GB (deterministic Fisher partials add 16 MB), against about 2 GB for the earlier host-side glue.
+dcos kernel's x row tile by its K-tile programs, which have neighbouring ids, and P, 2.1 MB, across
+programs): row weights: tables 1 MB, rows and r < 1 MB; dcos: x rows N*C*2 = 59 MB, D N*K*2 = 59 MB,
+radial_p partials (zeroed, written, summed) 16 MB, radial_x partials (32 slots x R fp32 per chunk)
+4 MB, tables 3 MB; dx: D 59 + x 59 + dx 59 MB, radial_x partials 4 MB; zero rows: (B*T - N)*C*2 =
+20 MB; dp: D 59 + x 59 MB, fp32 running sum 4 writes + 4 reads of 4.2 MB = 34 MB, P and dp 4 MB;
+compaction and scale < 3 MB. Total about 0.51 GB (deterministic Fisher partials add 16 MB), against
+about 2 GB for the earlier host-side glue. ``python -m benchmarks.roofline`` models 0.47 GB at the
+benchmark suite's ragged lengths (25,239 active frames); benchmarks/results/roofline-paper.md.
 
 Both directions are ``torch.library`` custom ops (with fake implementations), so ``torch.compile``
 keeps the op as one opaque node, including the Fisher accumulator the backward mutates.
