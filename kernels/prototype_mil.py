@@ -133,8 +133,10 @@ FWD_SPLIT_CONFIGS, FWD_SPLIT_PRUNE = _precision_family_configs(
 # none spills and none needs more than 192 KB of shared memory. Rows dropped for spilling: dcos
 # (128, 128, 64, 8, 3) in 16-bit (~600 B); at tf32x3 every 16-bit dcos row (36 B to 1.5 KB), dx
 # (128, 64, 64, 4, 3) and dp (64, 128, 128, 8, 3), (64, 64, 128, 4, 3); for "ieee" the dcos rows
-# (64, 64, 32, 4, 3), (64, 64, 16, 4, 3), (64, 128, 16, 8, 3) (20-44 B). The kernels hold 214-231
-# registers per thread in the dcos 16-bit rows (no spill). Autotuning picks within a family per
+# (64, 64, 32, 4, 3), (64, 64, 16, 4, 3), (64, 128, 16, 8, 3) (20-44 B); with the dcos kernel's 2-D
+# grid and the dx kernel's summing of radial_x partials, the "ieee" dcos row (32, 64, 32, 4, 3) (8 B)
+# and the tf32 dx row (64, 64, 128, 4, 3) at tf32x3 (4 B). The dcos 16-bit rows hold 165-176
+# registers per thread (no spill). Autotuning picks within a family per
 # (K, C, rows bucket = next power of two of the chunk's frames, HAS_FISHER for dcos, dtype, precision).
 #
 # The dcos kernel: one program per (tile of BLOCK_R active frames, tile of BLOCK_K prototypes), the K
@@ -145,7 +147,7 @@ BWD_DCOS_CONFIGS, BWD_DCOS_PRUNE = _precision_family_configs(
     (16, 16, 32, 4, 1),
     [(64, 64, 64, 4, 3), (64, 64, 32, 4, 4), (128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (128, 64, 32, 8, 4)],
     [(64, 64, 32, 8, 3), (64, 64, 64, 8, 3), (64, 32, 32, 4, 3), (32, 64, 32, 4, 3)],
-    [(32, 64, 32, 4, 3), (32, 64, 16, 4, 3), (64, 64, 16, 8, 3), (64, 64, 32, 8, 3), (32, 32, 32, 4, 3)],
+    [(32, 64, 16, 4, 3), (64, 64, 16, 8, 3), (64, 64, 32, 8, 3), (32, 32, 32, 4, 3)],
 )
 
 # dx = D @ P over a chunk of active frames: output tile BLOCK_R frames x BLOCK_C features, reduction
@@ -154,7 +156,7 @@ BWD_DX_CONFIGS, BWD_DX_PRUNE = _precision_family_configs(
     ("BLOCK_R", "BLOCK_K", "BLOCK_C"),
     (16, 16, 32, 4, 1),
     [(128, 64, 128, 8, 3), (128, 64, 64, 4, 3), (64, 64, 128, 4, 3), (64, 64, 64, 4, 4), (128, 32, 128, 8, 4)],
-    [(128, 64, 128, 8, 3), (64, 64, 128, 4, 3), (64, 64, 64, 4, 4), (128, 32, 128, 8, 4)],
+    [(128, 64, 128, 8, 3), (64, 64, 64, 4, 4), (128, 32, 128, 8, 4)],
     [(64, 16, 64, 4, 3), (32, 32, 64, 4, 3), (64, 32, 32, 4, 3)],
 )
 
