@@ -332,7 +332,7 @@ def test_radial_x_partials_match_reference_and_are_deterministic(monkeypatch, ch
     s = torch.softmax(cos_leaf / tau, dim=-1)
     s.gather(1, frame_index.cpu()[:, None, :]).squeeze(1).backward(upstream.double().cpu())
     terms = (cos_leaf.grad * cos) * valid[..., None]  # (B, T, K)
-    active, rows, count = triton_op._active_frames(frame_index, T)
+    _, rows, count = triton_op._active_frames(frame_index, T)
     n = int(count.item())
     order = rows[:n].cpu()
     ref = terms.reshape(B * T, K)[order]  # (n, K)
