@@ -149,6 +149,10 @@ def test_fused_backward_dcos_matches_hand_counts():
     # the K-tile programs of a row tile run together: x rows cross DRAM once (rule 2), issued once per K tile
     assert dcos.x_rereads == 0
     assert dcos.issued_bytes - dcos.hbm_bytes >= (n_k - 1) * n * C * BF16
+    # r is computed once per chunk by its own launch, not by every K tile's program
+    (rw,) = [l for l in p.launches if l.name == "_prototype_mil_bwd_row_weights"]
+    assert rw.programs == math.ceil(R / kernels.ROW_WEIGHTS_BLOCK_R) and rw.flops == 0
+    assert rw.hbm_bytes >= n * (8 + 4)  # each active frame's row index read and its r written
     (dx,) = [l for l in p.launches if l.name == "_prototype_mil_bwd_dx"]
     DR, DK, DC = _interpreter_tiles(kernels.BWD_DX_CONFIGS, ("BLOCK_R", "BLOCK_K", "BLOCK_C"))
     assert dx.flops == 2 * (math.ceil(n / DR) * DR) * (math.ceil(K / DK) * DK) * (math.ceil(C / DC) * DC)
