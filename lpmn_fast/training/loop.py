@@ -82,7 +82,7 @@ def train(config: TrainConfig) -> dict:
     precision = Precision.create(c.precision, pick_device(c.device))  # an unusable precision fails here
     with _torch_settings(c.threads, deterministic_default(c)), precision.matmul_settings(), \
             run_logging(c.run_dir, console=c.progress, enabled=rank0):
-        return _train(c)
+        return _train(c, precision)
 
 
 def deterministic_default(c: TrainConfig) -> bool:
@@ -92,7 +92,7 @@ def deterministic_default(c: TrainConfig) -> bool:
     return pick_device(c.device).type == "cpu"
 
 
-def _train(c: TrainConfig) -> dict:
+def _train(c: TrainConfig, precision: Precision) -> dict:
     # ---- config ---------------------------------------------------------------------------
     cfg = config_dict(c)
     run_dir = Path(c.run_dir)
@@ -118,7 +118,6 @@ def _train(c: TrainConfig) -> dict:
     if dist.active and c.grad_accum > 1:
         raise ValueError("grad_accum > 1 is not supported under torchrun: raise --batch-size (the global batch "
                          "is split over the processes) or use one process")
-    precision = Precision.create(c.precision, device)
     cache_bytes = sum(feature_bytes(s.features) for s in sets.values())
     if c.cache_features and dist.is_main:
         log.info(f"feature cache ({c.cache_dtype}): {cache_bytes / 2**20:.1f} MiB in memory")
