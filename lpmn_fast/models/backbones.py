@@ -13,32 +13,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchaudio.compliance import kaldi
 
 from ..ops.reference import frame_mask
 from .encoders import SpeechEncoderBackbone
+from .fbank import FRAME_LENGTH_MS, FRAME_SHIFT_MS, SAMPLE_RATE, fbank_features, fbank_features_batch
 
-SAMPLE_RATE = 16000
-FRAME_SHIFT_MS = 20.0  # HuBERT's frame rate (section 4.1), used by the fbank backbone too
-FRAME_LENGTH_MS = 25.0
-
-
-def fbank_features(wave: torch.Tensor, num_mel_bins: int = 40) -> torch.Tensor:
-    """wave: (samples,) float at 16 kHz -> (T, num_mel_bins) log-mel fbank, 20 ms shift, per-utterance CMVN."""
-    min_samples = int(SAMPLE_RATE * FRAME_LENGTH_MS / 1000)
-    if wave.dim() != 1 or wave.numel() < min_samples:
-        raise ValueError(f"need a 1-d waveform of at least {min_samples} samples (one frame), got {tuple(wave.shape)}")
-    feats = kaldi.fbank(
-        wave.float()[None] * 32768.0,  # Kaldi's int16 scale
-        num_mel_bins=num_mel_bins,
-        frame_length=FRAME_LENGTH_MS,
-        frame_shift=FRAME_SHIFT_MS,
-        dither=0.0,  # deterministic, so the cache is exact
-        sample_frequency=SAMPLE_RATE,
-    )
-    # Per-utterance mean/variance normalisation removes channel and loudness offsets... partly:
-    # the log-energy contour inside the utterance (what carries the synthetic emotion) survives.
-    return (feats - feats.mean(0)) / feats.std(0, unbiased=False).clamp_min(1e-5)
+__all__ = ["FRAME_LENGTH_MS", "FRAME_SHIFT_MS", "SAMPLE_RATE", "FbankBackbone", "HubertBackbone", "build_backbone",
+           "fbank_features"]
 
 
 class FbankBackbone(nn.Module):
@@ -67,6 +48,10 @@ class FbankBackbone(nn.Module):
 
     def prepare(self, wave: torch.Tensor) -> torch.Tensor:
         return fbank_features(wave, self.num_mel_bins)
+
+    def prepare_batch(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``prepare`` of each of ``waves`` in one pass (see lpmn_fast.models.fbank), equal up to float rounding."""
+        return fbank_features_batch(waves, self.num_mel_bins)
 
     def cache_key(self) -> dict:
         """Everything ``prepare`` depends on (names the feature cache)."""

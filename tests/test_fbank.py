@@ -1,0 +1,76 @@
+"""The batched Kaldi fbank (lpmn_fast.models.fbank) against torchaudio's kaldi.fbank, one utterance
+at a time, in float64 (the truth both float32 computations round away from)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchaudio.compliance import kaldi
+
+from lpmn_fast.models import FbankBackbone
+from lpmn_fast.models.fbank import fbank_features, fbank_features_batch, log_mel_batch
+
+# Sample counts around the frame edges (400 = one frame, 720 = two, 719 = one) and ragged ones.
+LENGTHS = (400, 401, 719, 720, 1041, 12345, 64000)
+
+
+def _kaldi64(wave: torch.Tensor, bins: int) -> torch.Tensor:
+    return kaldi.fbank(wave.double()[None] * 32768, num_mel_bins=bins, frame_length=25.0, frame_shift=20.0,
+                       dither=0.0, sample_frequency=16000)
+
+
+def _speechlike(n: int, g: torch.Generator) -> torch.Tensor:
+    """Noise under a slow loudness contour, plus a DC offset (which the per-frame mean removes)."""
+    envelope = 0.05 + 0.2 * torch.sin(torch.arange(n) / 2000.0).abs()
+    return envelope * torch.randn(n, generator=g, dtype=torch.float64) + 0.01
+
+
+@pytest.mark.parametrize("bins", [40, 23])
+def test_log_mel_equals_kaldi_fbank(bins):
+    g = torch.Generator().manual_seed(1)
+    waves = [_speechlike(n, g).float() for n in LENGTHS]
+    got = log_mel_batch(waves, bins)
+    want = torch.cat([_kaldi64(w, bins) for w in waves])
+    assert got.shape == want.shape == (sum(1 + (n - 400) // 320 for n in LENGTHS), bins)
+    # float32 log-mel energies of 5..25: 1e-4 is a few float32 ulps of the energy, far below any real change
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+
+
+def test_log_mel_of_a_pure_tone_is_as_close_as_kaldi_in_float32():
+    # A pure low tone leaves the high mel bins with energies at float32's noise floor, where any
+    # float32 computation (kaldi.fbank's own included) is off by a lot in the log: there the batched
+    # one must be no further from the float64 truth than kaldi.fbank in float32 is.
+    tone = 0.3 * torch.sin(torch.arange(9999, dtype=torch.float64) * 0.05)
+    truth = _kaldi64(tone, 40)
+    kaldi32 = kaldi.fbank(tone.float()[None] * 32768, num_mel_bins=40, frame_length=25.0, frame_shift=20.0,
+                          dither=0.0, sample_frequency=16000).double()
+    got = log_mel_batch([tone.float()]).double()
+    assert (got - truth).abs().max() <= (kaldi32 - truth).abs().max()
+    loud = truth > 5  # the bins the tone fills
+    torch.testing.assert_close(got[loud], truth[loud], rtol=1e-5, atol=1e-4)
+
+
+def test_batched_features_equal_one_at_a_time():
+    g = torch.Generator().manual_seed(2)
+    waves = [_speechlike(n, g).float() for n in LENGTHS if n >= 1041]  # >= 3 frames: CMVN of 1-2 frames is degenerate
+    for wave, got in zip(waves, fbank_features_batch(waves)):
+        want = fbank_features(wave)
+        assert got.shape == want.shape
+        # normalised features of unit scale; both are float32 roundings of the same numbers
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-4)
+
+
+def test_the_backbone_prepares_a_batch_as_it_prepares_one():
+    backbone = FbankBackbone(num_mel_bins=16)
+    g = torch.Generator().manual_seed(3)
+    waves = [_speechlike(n, g).float() for n in (6000, 1041, 16001)]
+    for wave, got in zip(waves, backbone.prepare_batch(waves)):
+        torch.testing.assert_close(got, backbone.prepare(wave), rtol=1e-4, atol=2e-4)
+
+
+def test_batched_fbank_rejects_what_fbank_rejects():
+    assert fbank_features_batch([]) == []
+    with pytest.raises(ValueError, match="at least 400 samples"):
+        fbank_features_batch([torch.randn(1000), torch.randn(399)])
+    with pytest.raises(ValueError, match="1-d waveform"):
+        fbank_features_batch([torch.randn(2, 1000)])
