@@ -29,7 +29,6 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .data.atomic import write_text_atomic
@@ -101,18 +100,6 @@ def _stems(paths: list[Path]) -> list[str]:
         seen[path.stem] = seen.get(path.stem, 0) + 1
         out.append(path.stem if seen[path.stem] == 1 else f"{path.stem}-{seen[path.stem]}")
     return out
-
-
-def _reader(items, read) -> Iterator:
-    """read(item) for each item, a few ahead in a background thread (decoding overlaps the model)."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = []
-        for item in items:
-            pending.append(pool.submit(read, item))
-            if len(pending) > 8:
-                yield pending.pop(0).result()
-        for future in pending:
-            yield future.result()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,24 +200,25 @@ def _where(item) -> dict:
 def _predictions(items, predictor, args) -> Iterator[tuple[object, object, object]]:
     """(item, Prediction or InputError, waveform or None) per item, in order: batched, or one at a
     time with --explain (explanations need the per-frame curves of the chunked path)."""
-    from .data.audio import read_wav
     from .inference import InputError
-    from .inference.audio import SAMPLE_RATE, load_audio
+    from .inference.audio import SAMPLE_RATE, pending_audio
+    from .inference.readahead import read_ahead
+
+    def source(item):
+        """The item's audio, decoded when its batch is prepared; or the reason it has none."""
+        return InputError(item.error) if item.error is not None else pending_audio(item.file, item.start, item.end)
 
     def read(item):
-        if item.error is not None:
-            return InputError(item.error)
+        pending = source(item)
+        if isinstance(pending, InputError):
+            return pending
         try:
-            if item.start is None and item.end is None:
-                return load_audio(item.file)
-            return read_wav(item.file, SAMPLE_RATE, start=item.start, end=item.end)
+            return pending.load()
         except InputError as error:
             return error
-        except (FileNotFoundError, ValueError) as error:
-            return InputError(str(error))
 
     if args.explain is not None:
-        for item, wave in zip(items, _reader(items, read)):
+        for item, wave in zip(items, read_ahead(items, read)):
             if isinstance(wave, InputError):
                 yield item, wave, None
                 continue
@@ -239,7 +227,7 @@ def _predictions(items, predictor, args) -> Iterator[tuple[object, object, objec
             except InputError as error:
                 yield item, error, None
         return
-    for position, outcome in predictor.predict_stream(_reader(items, read), batch_size=args.batch_size):
+    for position, outcome in predictor.predict_stream(map(source, items), batch_size=args.batch_size):
         yield items[position], outcome, None
 
 

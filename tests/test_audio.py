@@ -36,6 +36,25 @@ def test_8k_stereo_becomes_16k_mono_of_the_right_length_and_content(tmp_path):
     assert np.abs(y.numpy()[middle] - expected[middle]).max() < 0.01
 
 
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_read_equals_soundfiles_float_read_whole_and_in_spans(tmp_path, subtype, channels):
+    # 16-bit PCM takes read_wav's int16 path (scaled by 1/32768 itself): it must give soundfile's
+    # float32 values bit for bit, like the other subtypes, whole and in spans (start/end in seconds).
+    rng = np.random.default_rng(5)
+    data = np.clip(rng.normal(0, 0.3, (16003, channels)), -1, 1)
+    data[:4] = [[-1.0] * channels, [1.0 - 2**-15] * channels, [0.0] * channels, [2**-15] * channels]  # the extremes
+    path = tmp_path / f"{subtype}-{channels}.wav"
+    soundfile.write(path, data, 16000, subtype=subtype)
+    want, _ = soundfile.read(path, dtype="float32", always_2d=True)
+    mono = want.mean(axis=1) if channels > 1 else want[:, 0]
+    assert torch.equal(read_wav(path), torch.from_numpy(mono))
+    assert torch.equal(read_wav(path, start=0.25, end=0.5), torch.from_numpy(mono[4000:8000]))
+    assert torch.equal(read_wav(path, start=0.9), torch.from_numpy(mono[14400:]))
+    with pytest.raises(AudioError, match="empty between 2 s"):
+        read_wav(path, start=2.0, end=3.0)  # past the end
+
+
 def test_missing_file_raises_file_not_found_naming_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.wav"):
         read_wav(tmp_path / "nothere.wav")

@@ -8,8 +8,11 @@ ValueError) saying what is wrong, so a caller can report it per file and go on.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+import soundfile
 import torch
 import torchaudio.functional
 
@@ -50,7 +53,8 @@ def check_waveform(wave: torch.Tensor, min_samples: int) -> torch.Tensor:
     if wave.numel() < min_samples:
         raise InputError(f"too short: {wave.numel() / SAMPLE_RATE:.3f} s ({wave.numel()} samples at 16 kHz) is "
                          f"less than one frame ({min_samples / SAMPLE_RATE * 1000:g} ms = {min_samples} samples)")
-    peak = float(wave.abs().max())
+    low, high = torch.aminmax(wave)  # one pass, no |wave| copy
+    peak = max(-float(low), float(high))
     if peak < SILENCE_PEAK:
         raise InputError(f"all-silent audio (peak amplitude {peak:.2g} < {SILENCE_PEAK:g}, i.e. below -80 dBFS): "
                          "nothing to classify")
@@ -66,3 +70,40 @@ def load_audio(path: str | os.PathLike) -> torch.Tensor:
     except AudioError as error:
         raise InputError(f"{error} (not an audio file soundfile can read?)"
                          if "cannot decode" in str(error) else str(error)) from error
+
+
+@dataclass(frozen=True)
+class PendingAudio:
+    """An audio file decoded only when its batch is prepared (in the background, see
+    Predictor.predict_stream). samples: its length at 16 kHz as the file's header tells, used only
+    to group similar lengths (0 when the header cannot be read: ``load`` then says why); load():
+    the checked-or-not waveform, float32 (samples,) at 16 kHz, or InputError naming the file."""
+
+    samples: int
+    load: Callable[[], torch.Tensor]
+
+
+def pending_audio(path: str | os.PathLike, start: float | None = None, end: float | None = None) -> PendingAudio:
+    """A :class:`PendingAudio` for ``path`` (its ``start``-``end`` span in seconds, if given); reads the header only."""
+
+    def load() -> torch.Tensor:
+        if start is None and end is None:
+            return load_audio(path)
+        try:
+            return read_wav(path, SAMPLE_RATE, start=start, end=end)
+        except (FileNotFoundError, ValueError) as error:
+            raise InputError(str(error)) from error
+
+    return PendingAudio(header_samples(path, start, end), load)
+
+
+def header_samples(path: str | os.PathLike, start: float | None = None, end: float | None = None) -> int:
+    """The length at 16 kHz of ``path`` (its ``start``-``end`` span) from its header; 0 if unreadable."""
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, OSError):
+        return 0
+    rate = info.samplerate
+    first, last, _ = slice(None if start is None else round(start * rate),
+                           None if end is None else round(end * rate)).indices(info.frames)
+    return max(0, last - first) * SAMPLE_RATE // rate

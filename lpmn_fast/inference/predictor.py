@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ import torch
 from ..models import LPMNHead, ProbeHead, SERModel
 from ..models.encoders import is_local
 from ..models.pretrained import CONFIG_NAME, from_pretrained
-from .audio import SAMPLE_RATE, InputError, check_waveform, load_audio, to_mono_16k
-from .batch import EVIDENCE_SECONDS, evidence_span, length_batches, run_batch
+from .audio import (SAMPLE_RATE, InputError, PendingAudio, check_waveform, header_samples, load_audio,
+                    to_mono_16k)
+from .batch import EVIDENCE_SECONDS, PooledBatch, evidence_spans, length_batches, prepare_batch, run_batch
 from .chunks import frame_geometry, run_chunked
 from .explanation import Explanation, explain
 
@@ -34,6 +36,8 @@ RUN_MODELS = ("model-probe", "model")
 # surely their winning frames mark the emotion: on the synthetic corpus the winning frame of the top
 # 1 / 5 / 10 / 60 prototypes lay in the emotional segment 63 / 56 / 51 / 24 % of the time (chance 19 %).
 DEFAULT_TOP_K = 10
+# Batches whose audio is decoded and frozen features computed ahead of the model, in a background thread.
+PREPARED_AHEAD = 2
 
 
 @dataclass
@@ -146,7 +150,7 @@ class Predictor:
     def _predict(self, wave: torch.Tensor, want_explanation: bool) -> Prediction:
         result = run_chunked(self.model, wave, self.chunk_frames, self.context_seconds,
                              soft_evidence=want_explanation and self.explainable)
-        prediction = self._prediction(result, wave.numel())
+        prediction = self._predictions(PooledBatch.of(result), [wave.numel()])[0]
         if want_explanation:
             if self.explainable:
                 prediction.explanation = explain(self.model.head, result, self.classes, self.geometry, self.top_k)
@@ -154,16 +158,18 @@ class Predictor:
                 prediction.explanation_unsupported = self.unsupported
         return prediction
 
-    def _prediction(self, result, num_samples: int) -> Prediction:
-        label = int(result.logits.argmax())
-        probs = torch.softmax(result.logits.float(), -1).tolist()
-        span = evidence_span(self.model.head, result, label, self.geometry, num_samples, self.evidence_seconds) \
-            if self.explainable else None
-        return Prediction(
-            label=self.classes[label], probabilities={c: p for c, p in zip(self.classes, probs)},
-            duration_s=num_samples / SAMPLE_RATE, num_frames=result.num_frames,
-            valence=None if result.valence is None else float(result.valence), evidence_span=span,
-        )
+    def _predictions(self, batch: PooledBatch, num_samples: list[int]) -> list[Prediction]:
+        """One Prediction per input of ``batch``; num_samples: each input's 16 kHz length."""
+        labels = batch.logits.argmax(-1)
+        probs = torch.softmax(batch.logits.float(), -1).tolist()
+        spans = evidence_spans(self.model.head, batch, labels, self.geometry, num_samples, self.evidence_seconds) \
+            if self.explainable else [None] * len(batch)
+        valence = None if batch.valence is None else batch.valence.float().tolist()
+        return [Prediction(label=self.classes[label], probabilities=dict(zip(self.classes, p)),
+                           duration_s=n / SAMPLE_RATE, num_frames=frames,
+                           valence=None if valence is None else valence[i], evidence_span=span)
+                for i, (label, p, n, frames, span) in enumerate(zip(labels.tolist(), probs, num_samples,
+                                                                     batch.num_frames.tolist(), spans))]
 
     # ---- many inputs -------------------------------------------------------------------------
 
@@ -186,18 +192,21 @@ class Predictor:
                          "dict with 'array' and 'sampling_rate'")
 
     @torch.no_grad()
-    def predict_stream(self, waves: Iterable[torch.Tensor | InputError], *, batch_size: int = 16,
+    def predict_stream(self, waves: Iterable[torch.Tensor | PendingAudio | InputError], *, batch_size: int = 16,
                        lookahead: int | None = None) -> Iterator[tuple[int, Prediction | InputError]]:
         """(position, Prediction or InputError) for each of ``waves``, in input order.
 
-        waves: 16 kHz mono (samples,) tensors (a silent or too-short one yields its InputError), or
-        the InputError of an input that could not be read (passed through). ``lookahead`` inputs
-        (default 8 batches) are read ahead and run in batches of ``batch_size`` similar lengths (see
-        lpmn_fast.inference.batch); inputs longer than one chunk run one at a time, chunked. Equal
-        to :meth:`predict` per input, up to float rounding.
+        waves: 16 kHz mono (samples,) tensors (a silent or too-short one yields its InputError),
+        files not yet decoded (:class:`PendingAudio`, see :func:`pending_audio`), or the InputError
+        of an input that could not be used (passed through). ``lookahead`` inputs (default 8
+        batches) are gathered and run in batches of ``batch_size`` similar lengths (see
+        lpmn_fast.inference.batch). While the model runs one batch, a background thread decodes
+        the next batch's files and computes its frozen features (as a DataLoader worker would).
+        Inputs longer than one chunk run one at a time, chunked. Equal to :meth:`predict` per
+        input, up to float rounding.
         """
         lookahead = lookahead or 8 * batch_size
-        window: list[tuple[int, torch.Tensor | InputError]] = []
+        window: list[tuple[int, torch.Tensor | PendingAudio | InputError]] = []
         for position, wave in enumerate(waves):
             window.append((position, wave))
             if len(window) >= lookahead:
@@ -205,38 +214,63 @@ class Predictor:
                 window = []
         yield from self._run_window(window, batch_size)
 
+    def _too_long(self, wave: torch.Tensor) -> bool:
+        return self._frames(wave.numel()) > self.chunk_frames
+
     def _run_window(self, window, batch_size: int) -> Iterator[tuple[int, Prediction | InputError]]:
         results: dict[int, Prediction | InputError] = {}
-        short = []
+        entries = []  # (position, samples, tensor or PendingAudio)
         for position, wave in window:
             if isinstance(wave, InputError):
                 results[position] = wave
-                continue
-            try:
-                check_waveform(wave, self.min_samples)
-            except InputError as error:
-                results[position] = error
-                continue
-            if self._frames(wave.numel()) > self.chunk_frames:
-                results[position] = self._predict(wave, False)
+            elif isinstance(wave, PendingAudio):
+                entries.append((position, wave.samples, wave))
             else:
-                short.append((position, wave))
-        batches = length_batches([w.numel() for _, w in short], batch_size)
+                try:
+                    check_waveform(wave, self.min_samples)
+                except InputError as error:
+                    results[position] = error
+                    continue
+                if self._too_long(wave):
+                    results[position] = self._predict(wave, False)
+                else:
+                    entries.append((position, wave.numel(), wave))
+        batches = length_batches([samples for _, samples, _ in entries], batch_size)
         backbone = self.model.backbone
 
         def prepare(batch):
-            return [backbone.prepare(short[i][1]) for i in batch]
+            """Decode and check the batch's pending files, then its frozen features: (ready
+            [(position, wave)], their features, {position: InputError}, too long [(position, wave)])."""
+            ready, failed, long = [], {}, []
+            for i in batch:
+                position, _, wave = entries[i]
+                if isinstance(wave, PendingAudio):
+                    try:
+                        wave = check_waveform(wave.load(), self.min_samples)
+                    except InputError as error:
+                        failed[position] = error
+                        continue
+                    if self._too_long(wave):  # longer than its header said
+                        long.append((position, wave))
+                        continue
+                ready.append((position, wave))
+            return ready, prepare_batch(backbone, [w for _, w in ready]) if ready else [], failed, long
 
-        # The next batch's frozen features are computed in a second thread while this batch runs
-        # (as a DataLoader worker would): the CPU-side fbank overlaps the model.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            upcoming = pool.submit(prepare, batches[0]) if batches else None
+            # The worker keeps PREPARED_AHEAD batches ahead of the model; it starts on batch 1 while
+            # this thread prepares batch 0 itself, so that no core idles at the start.
+            queued = deque(pool.submit(prepare, b) for b in batches[1:1 + PREPARED_AHEAD])
             for n, batch in enumerate(batches):
-                feats = upcoming.result()
-                upcoming = pool.submit(prepare, batches[n + 1]) if n + 1 < len(batches) else None
-                pooled = run_batch(self.model, [short[i][1] for i in batch], feats)
-                for i, result in zip(batch, pooled):
-                    results[short[i][0]] = self._prediction(result, short[i][1].numel())
+                ready, feats, failed, long = prepare(batch) if n == 0 else queued.popleft().result()
+                if n + PREPARED_AHEAD < len(batches) and n > 0:
+                    queued.append(pool.submit(prepare, batches[n + PREPARED_AHEAD]))
+                results.update(failed)
+                for position, wave in long:
+                    results[position] = self._predict(wave, False)
+                if ready:
+                    waves = [w for _, w in ready]
+                    predictions = self._predictions(run_batch(self.model, waves, feats), [w.numel() for w in waves])
+                    results.update((position, p) for (position, _), p in zip(ready, predictions))
         for position in sorted(results):
             yield position, results[position]
 
@@ -254,15 +288,38 @@ class Predictor:
         Raises InputError naming the first unusable item. explain=True runs one at a time (the
         explanation's per-frame curves come from the chunked path)."""
         items = list(items)
-        waves = []
-        for n, item in enumerate(items):
+
+        def source(n, item):
+            def numbered(read):
+                try:
+                    return read()
+                except InputError as error:
+                    raise InputError(f"item {n}: {error}") from error
+
+            if isinstance(item, (str, os.PathLike)):  # decoded later, in the background
+                return PendingAudio(header_samples(item), lambda: numbered(lambda: self._wave(item, sample_rate)))
             try:
-                waves.append(self._wave(item, sample_rate))
+                return numbered(lambda: self._wave(item, sample_rate))
             except InputError as error:
-                raise InputError(f"item {n}: {error}") from error
+                return error
+
+        sources = (source(n, item) for n, item in enumerate(items))
         if explain:
-            return [self._predict(w, True) for w in waves]
-        return [p for _, p in self.predict_stream(waves, batch_size=batch_size)]
+            return [self._predict(w.load() if isinstance(w, PendingAudio) else w, True)
+                    for w in self._checked(sources)]
+        predictions = []
+        for _, outcome in self.predict_stream(sources, batch_size=batch_size):
+            if isinstance(outcome, InputError):
+                raise outcome
+            predictions.append(outcome)
+        return predictions
+
+    @staticmethod
+    def _checked(waves: Iterable[torch.Tensor | PendingAudio | InputError]) -> Iterator[torch.Tensor | PendingAudio]:
+        for wave in waves:
+            if isinstance(wave, InputError):
+                raise wave
+            yield wave
 
     def __call__(self, inputs, sample_rate: int = SAMPLE_RATE, *, top_k: int | None = 5, batch_size: int = 16):
         """The transformers audio-classification pipeline's interface: one input gives
