@@ -50,9 +50,25 @@ def test_log_mel_of_a_pure_tone_is_as_close_as_kaldi_in_float32():
     torch.testing.assert_close(got[loud], truth[loud], rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("level", [0, 328, 9830, -1])  # int16 sample values, as a 16-bit file holds
+def test_held_samples_give_kaldis_empty_frames(level):
+    # A held value (clipping, a muted input with a DC offset) makes whole frames constant. Kaldi removes
+    # each frame's mean first, which leaves exactly 0 and the log-mel floor log(eps); removing it after
+    # the pre-emphasis would leave float32 residue, and its log would be off by up to 10.
+    g = torch.Generator().manual_seed(4)
+    wave = _speechlike(16000, g).float()
+    wave[4000:9000] = level / 32768
+    want = kaldi.fbank(wave[None] * 32768, num_mel_bins=40, frame_length=25.0, frame_shift=20.0, dither=0.0,
+                       sample_frequency=16000)
+    floor = torch.finfo(torch.float32).eps
+    assert (want == torch.tensor(floor).log()).all(dim=1).sum() >= 10  # the held frames sit on the floor
+    torch.testing.assert_close(log_mel_batch([wave]), want, rtol=1e-5, atol=1e-4)
+
+
 def test_batched_features_equal_one_at_a_time():
     g = torch.Generator().manual_seed(2)
-    waves = [_speechlike(n, g).float() for n in LENGTHS if n >= 1041]  # >= 3 frames: CMVN of 1-2 frames is degenerate
+    # >= 3 frames: over 1-2 frames a bin's standard deviation can be a rounding difference, which CMVN divides by
+    waves = [_speechlike(n, g).float() for n in LENGTHS if n >= 1041]
     for wave, got in zip(waves, fbank_features_batch(waves)):
         want = fbank_features(wave)
         assert got.shape == want.shape

@@ -83,21 +83,18 @@ def log_mel_batch(waves: Sequence[torch.Tensor], num_mel_bins: int = 40) -> torc
     """(sum of T_i, num_mel_bins): kaldi.fbank of each of ``waves`` (16 kHz, at least one frame
     each), before normalisation, stacked; equal to it up to float32 rounding."""
     frames = [w.float().cpu().unfold(0, WINDOW, SHIFT) for w in waves]  # (T_i, WINDOW) views, no copy
-    # Kaldi per frame: remove the mean m, pre-emphasise (y[j] = z[j] - 0.97 z[j - 1], y[0] = 0.03 z[0]),
-    # window. The povey window is 0 at j = 0, so y[0] never counts, and for j >= 1
-    # y[j] = x[j] - 0.97 x[j - 1] - 0.03 m: written straight from the waveforms into the FFT buffer.
-    rows = sum(f.shape[0] for f in frames)
-    buffer = torch.empty(rows, FFT_SIZE)
+    # Kaldi per frame: remove the mean (first: a constant frame must become exactly 0), pre-emphasise
+    # (y[j] = z[j] - 0.97 z[j - 1], y[0] = 0.03 z[0]), window. The povey window is 0 at j = 0, so
+    # y[0] never counts: y[1:] is written straight into the FFT buffer.
+    buffer = torch.empty(sum(f.shape[0] for f in frames), FFT_SIZE)
     buffer[:, 0] = 0.0
     buffer[:, WINDOW:] = 0.0  # the window zero-padded to the FFT size
-    means = torch.empty(rows, 1)
     first = 0
     for f in frames:
-        last = first + f.shape[0]
-        torch.add(f[:, 1:], f[:, :-1], alpha=-PREEMPHASIS, out=buffer[first:last, 1:WINDOW])
-        torch.mean(f, 1, keepdim=True, out=means[first:last])
-        first = last
-    buffer[:, 1:WINDOW].sub_(means, alpha=1.0 - PREEMPHASIS).mul_(_scaled_povey_window()[1:])
+        centred = f - f.mean(1, keepdim=True)
+        torch.add(centred[:, 1:], centred[:, :-1], alpha=-PREEMPHASIS, out=buffer[first:first + f.shape[0], 1:WINDOW])
+        first += f.shape[0]
+    buffer[:, 1:WINDOW].mul_(_scaled_povey_window()[1:])
     spectrum = torch.view_as_real(torch.fft.rfft(buffer)).flatten(1).square_()  # (N, 2 * bins): re^2, im^2, ...
     return (spectrum @ _mel_bank_interleaved(num_mel_bins)).clamp_min_(torch.finfo(torch.float32).eps).log_()
 
