@@ -158,7 +158,8 @@ def test_explanation_splits_the_logits_among_frames(run_dir, corpus):
 
 def test_bad_waveforms_raise_input_errors(run_dir):
     predictor = lpmn_fast.load(run_dir)
-    cases = [(torch.zeros(0), "empty"), (torch.zeros(16000), "all-silent"), (torch.full((16000,), float("nan")), "NaN"),
+    cases = [(torch.zeros(0), "empty"), (torch.zeros(16000), r"all-silent audio \(peak amplitude 0 <"),
+             (-3e-5 * torch.ones(16000), r"peak amplitude 3e-05 <"), (torch.full((16000,), float("nan")), "NaN"),
              (torch.randn(100) * 0.1, "too short"), (torch.randn(2, 3, 4), "must be"), ]
     for wave, message in cases:
         with pytest.raises(InputError, match=message):

@@ -15,6 +15,7 @@ from training_fixtures import save_tiny_hubert, write_tiny_corpus
 
 import lpmn_fast
 from lpmn_fast.inference import InputError, Predictor
+from lpmn_fast.inference import predictor as predictor_module
 from lpmn_fast.inference.audio import PendingAudio, header_samples, pending_audio
 from lpmn_fast.inference.batch import evidence_span, length_batches, run_batch
 from lpmn_fast.inference.chunks import run_chunked
@@ -147,11 +148,22 @@ def test_a_file_longer_than_its_header_says_runs_chunked(tmp_path):
     assert position == 0 and got.num_frames == one.num_frames and got.probabilities == one.probabilities
 
 
-def test_a_bad_path_among_good_ones_is_named_by_its_position(tmp_path, corpus):
+def test_a_bad_path_among_good_ones_is_named_by_its_position(tmp_path, corpus, monkeypatch):
     predictor = Predictor(_model(tmp_path), CLASSES)
     good = str(corpus.utterances[0].path)
     with pytest.raises(InputError, match=r"item 2: .*nothere\.wav"):
         predictor.predict_batch([good, good, str(tmp_path / "nothere.wav"), good], batch_size=2)
+    # fail fast: a missing file stops the model before it runs, wherever the file is in the list
+    silent = str(tmp_path / "silent.wav")
+    soundfile.write(silent, np.zeros(16000), 16000)
+    runs = []
+    monkeypatch.setattr(predictor_module, "run_batch", lambda *a: runs.append(1) or run_batch(*a))
+    with pytest.raises(InputError, match=r"item 30: .*nothere\.wav"):
+        predictor.predict_batch([good] * 30 + [str(tmp_path / "nothere.wav")] + [good] * 30, batch_size=4)
+    assert runs == []
+    # a file that fails only when decoded: the model stops at its batch, and the first such item is named
+    with pytest.raises(InputError, match=r"item 7: .*all-silent"):
+        predictor.predict_batch([good] * 7 + [silent] + [good] * 5 + [silent], batch_size=4)
 
 
 def test_length_batches_group_similar_lengths():

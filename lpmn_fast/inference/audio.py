@@ -54,7 +54,7 @@ def check_waveform(wave: torch.Tensor, min_samples: int) -> torch.Tensor:
         raise InputError(f"too short: {wave.numel() / SAMPLE_RATE:.3f} s ({wave.numel()} samples at 16 kHz) is "
                          f"less than one frame ({min_samples / SAMPLE_RATE * 1000:g} ms = {min_samples} samples)")
     low, high = torch.aminmax(wave)  # one pass, no |wave| copy
-    peak = max(-float(low), float(high))
+    peak = max(abs(float(low)), abs(float(high)))
     if peak < SILENCE_PEAK:
         raise InputError(f"all-silent audio (peak amplitude {peak:.2g} < {SILENCE_PEAK:g}, i.e. below -80 dBFS): "
                          "nothing to classify")
@@ -87,11 +87,13 @@ def pending_audio(path: str | os.PathLike, start: float | None = None, end: floa
     """A :class:`PendingAudio` for ``path`` (its ``start``-``end`` span in seconds, if given); reads the header only."""
 
     def load() -> torch.Tensor:
-        if start is None and end is None:
-            return load_audio(path)
         try:
+            if start is None and end is None:
+                return load_audio(path)
             return read_wav(path, SAMPLE_RATE, start=start, end=end)
-        except (FileNotFoundError, ValueError) as error:
+        except InputError:
+            raise
+        except (FileNotFoundError, ValueError) as error:  # a span the file does not have, say
             raise InputError(str(error)) from error
 
     return PendingAudio(header_samples(path, start, end), load)

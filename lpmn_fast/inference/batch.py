@@ -116,7 +116,7 @@ def evidence_spans(head: torch.nn.Module, batch: PooledBatch, labels: torch.Tens
     without prototypes, or when no prototype speaks for the label."""
     if batch.frame_index is None:
         return [None] * len(batch)
-    contribution = centred_weights(head)[labels] * batch.pooled.float()  # (B, K)
+    contribution = centred_weights(head).cpu()[labels] * batch.pooled.float()  # (B, K), on the CPU as batch is
     T = batch.num_frames  # (B,)
     width0 = max(1, round(seconds * SAMPLE_RATE / geometry.shift))
     padded = max(int(T.max()), width0)

@@ -11,8 +11,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,7 +194,8 @@ class Predictor:
 
     @torch.no_grad()
     def predict_stream(self, waves: Iterable[torch.Tensor | PendingAudio | InputError], *, batch_size: int = 16,
-                       lookahead: int | None = None) -> Iterator[tuple[int, Prediction | InputError]]:
+                       lookahead: int | None = None, fail_fast: bool = False
+                       ) -> Iterator[tuple[int, Prediction | InputError]]:
         """(position, Prediction or InputError) for each of ``waves``, in input order.
 
         waves: 16 kHz mono (samples,) tensors (a silent or too-short one yields its InputError),
@@ -203,21 +205,28 @@ class Predictor:
         lpmn_fast.inference.batch). While the model runs one batch, a background thread decodes
         the next batch's files and computes its frozen features (as a DataLoader worker would).
         Inputs longer than one chunk run one at a time, chunked. Equal to :meth:`predict` per
-        input, up to float rounding.
+        input, up to float rounding. fail_fast: once an input of a window is unusable, the model
+        runs no more batches; the window's files are still decoded, so that its first unusable
+        input in input order is yielded, and the stream ends after that window (inputs not run
+        are not yielded).
         """
         lookahead = lookahead or 8 * batch_size
         window: list[tuple[int, torch.Tensor | PendingAudio | InputError]] = []
         for position, wave in enumerate(waves):
             window.append((position, wave))
             if len(window) >= lookahead:
-                yield from self._run_window(window, batch_size)
+                failed = yield from self._run_window(window, batch_size, fail_fast)
+                if failed:
+                    return
                 window = []
-        yield from self._run_window(window, batch_size)
+        yield from self._run_window(window, batch_size, fail_fast)
 
     def _too_long(self, wave: torch.Tensor) -> bool:
         return self._frames(wave.numel()) > self.chunk_frames
 
-    def _run_window(self, window, batch_size: int) -> Iterator[tuple[int, Prediction | InputError]]:
+    def _run_window(self, window, batch_size: int, fail_fast: bool = False
+                    ) -> Generator[tuple[int, Prediction | InputError], None, bool]:
+        """Yields each input's outcome in input order; returns whether fail_fast stopped the model."""
         results: dict[int, Prediction | InputError] = {}
         entries = []  # (position, samples, tensor or PendingAudio)
         for position, wave in window:
@@ -235,7 +244,9 @@ class Predictor:
                     results[position] = self._predict(wave, False)
                 else:
                     entries.append((position, wave.numel(), wave))
-        batches = length_batches([samples for _, samples, _ in entries], batch_size)
+        # Files whose header could not be read (samples 0) go in the first batch: they will fail, and
+        # fail_fast then stops the model before it runs.
+        batches = length_batches([samples or sys.maxsize for _, samples, _ in entries], batch_size)
         backbone = self.model.backbone
 
         def prepare(batch):
@@ -265,6 +276,8 @@ class Predictor:
                 if n + PREPARED_AHEAD < len(batches) and n > 0:
                     queued.append(pool.submit(prepare, batches[n + PREPARED_AHEAD]))
                 results.update(failed)
+                if fail_fast and any(isinstance(r, InputError) for r in results.values()):
+                    continue  # decode on: the first unusable input of the window may be in a later batch
                 for position, wave in long:
                     results[position] = self._predict(wave, False)
                 if ready:
@@ -273,6 +286,7 @@ class Predictor:
                     results.update((position, p) for (position, _), p in zip(ready, predictions))
         for position in sorted(results):
             yield position, results[position]
+        return fail_fast and any(isinstance(r, InputError) for r in results.values())
 
     def _frames(self, samples: int) -> int:
         backbone = self.model.backbone
@@ -308,7 +322,7 @@ class Predictor:
             return [self._predict(w.load() if isinstance(w, PendingAudio) else w, True)
                     for w in self._checked(sources)]
         predictions = []
-        for _, outcome in self.predict_stream(sources, batch_size=batch_size):
+        for _, outcome in self.predict_stream(sources, batch_size=batch_size, fail_fast=True):
             if isinstance(outcome, InputError):
                 raise outcome
             predictions.append(outcome)
