@@ -28,6 +28,30 @@ def test_forward_equals_functional_op():
     assert "num_prototypes=7" in repr(layer)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(4, 9, 6, 7), (3, 1, 5, 2), (5, 37, 11, 33)])
+def test_pool_is_forwards_pooled_and_frame_index_bit_for_bit(dtype, shape):
+    B, T, C, K = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(B, T, C, generator=g).to(dtype)
+    lengths = random_lengths(B, T, g)
+    if T > 1:
+        lengths[0] = T - 1
+        x[0, -1] = float("nan")  # padding of a ragged utterance: must not matter
+    layer = PrototypeMIL(K, C, tau=0.3, kernel="torch").to(dtype).eval()
+    for frames, lens in ((x, lengths), (x.nan_to_num(), None)):
+        pooled, frame_index = layer.pool(frames, lens)
+        out = layer(frames, lens)
+        assert pooled.dtype == out.pooled.dtype and torch.equal(pooled, out.pooled)
+        assert torch.equal(frame_index, out.frame_index)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as lpmn-predict --precision bf16 runs it
+        pooled, frame_index = layer.float().pool(x.float(), lengths)
+        out = layer(x.float(), lengths)
+    assert torch.equal(pooled, out.pooled) and torch.equal(frame_index, out.frame_index)
+    with pytest.raises(ValueError, match="lengths"):
+        layer.pool(x.float(), torch.full((B,), T + 1))
+
+
 def test_update_fisher_estimates_eq4_on_per_utterance_log_likelihood():
     x, lengths, labels, layer, classifier = make_batch(1)
     out = layer(x, lengths)

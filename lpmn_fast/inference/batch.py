@@ -91,8 +91,8 @@ def run_batch(model: torch.nn.Module, waves: Sequence[torch.Tensor],
     x = backbone(padded, lengths.to(device))  # (B, T, C)
     frame_index = None
     if isinstance(head, (LPMNHead, ProbeHead)):
-        out = head.mil(x, lengths.to(device))
-        pooled, frame_index = out.pooled.float(), out.frame_index.cpu()
+        pooled, frame_index = head.mil.pool(x, lengths.to(device))
+        pooled, frame_index = pooled.float(), frame_index.cpu()
     elif isinstance(head, PoolingHead):
         pooled = head.pool(x.float(), lengths.to(device))
     else:

@@ -132,8 +132,8 @@ def run_chunked(model: torch.nn.Module, wave: torch.Tensor, chunk_frames: int, c
     for start, x in frame_chunks(model.backbone, wave, chunk_frames, context_s):
         frames += x.shape[0]
         if prototype_head:
-            out = head.mil(x[None])
-            value, where = out.pooled[0].float(), out.frame_index[0] + start
+            pooled, frame_index = head.mil.pool(x[None])
+            value, where = pooled[0].float(), frame_index[0] + start
             if best is None:
                 best, index = value, where
             else:

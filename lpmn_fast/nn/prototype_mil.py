@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import PrototypeMILOutput, prototype_mil
-from ..ops.reference import EPS, compute_dtype, frame_mask
-from ..ops.validation import BACKENDS
+from ..ops.prototype_mil import resolve_backend
+from ..ops.reference import EPS, compute_dtype, frame_mask, prototype_mil_pooled_reference
+from ..ops.validation import BACKENDS, validate_inputs
 
 
 class PrototypeMIL(nn.Module):
@@ -79,14 +80,8 @@ class PrototypeMIL(nn.Module):
         Returns ``(pooled (B, K), frame_index (B, K), nearest (B, T))``.
         """
         accumulate = self.training and self.track_fisher and torch.is_grad_enabled()
-        autocast = torch.is_autocast_enabled(x.device.type)
-        if autocast:
-            # Under autocast the op takes x and the prototypes in autocast's 16-bit dtype (its fast
-            # path) and computes in float32 itself: autocast is off inside, so that the reference's
-            # matmuls are not lowered a second time. The prototype gradient returns in float32.
-            x = x.to(torch.get_autocast_dtype(x.device.type))
-        prototypes = self.prototypes.to(x.dtype) if self.prototypes.dtype != x.dtype else self.prototypes
-        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
+        x, prototypes, op_context = self._op_inputs(x)
+        with op_context:
             out = prototype_mil(
                 x,
                 prototypes,
@@ -100,6 +95,30 @@ class PrototypeMIL(nn.Module):
             self.fisher_utterances += x.shape[0]
             self.fisher_frames += x.shape[0] * x.shape[1] if lengths is None else lengths.sum()
         return out
+
+    def _op_inputs(self, x: torch.Tensor):
+        """(x, prototypes, context to run the op in)."""
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if autocast:
+            # Under autocast the op takes x and the prototypes in autocast's 16-bit dtype (its fast
+            # path) and computes in float32 itself: autocast is off inside, so that the reference's
+            # matmuls are not lowered a second time. The prototype gradient returns in float32.
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        prototypes = self.prototypes.to(x.dtype) if self.prototypes.dtype != x.dtype else self.prototypes
+        return x, prototypes, torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def pool(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: forward's ``(pooled (B, K), frame_index (B, K))`` without ``nearest`` or autograd.
+        The fused kernels where forward uses them; else the reference computed in place
+        (:func:`lpmn_fast.ops.reference.prototype_mil_pooled_reference`, bit-equal to forward's)."""
+        x, prototypes, op_context = self._op_inputs(x)
+        if resolve_backend(self.kernel, x.device, x.dtype) != "torch":
+            out = self(x, lengths)
+            return out.pooled, out.frame_index
+        with op_context:
+            lengths = validate_inputs(x, prototypes, lengths, self.tau, None, "torch", self.check_finite)
+            return prototype_mil_pooled_reference(x, prototypes, lengths, self.tau)
 
     @torch.no_grad()
     def update_fisher(self, loss_scale: float | None = None) -> torch.Tensor:

@@ -46,17 +46,8 @@ def prototype_mil_reference(
     nearest (B, T) as int64.
     """
     out_dtype = x.dtype
-    work = compute_dtype(x.dtype)
-    B, T, _ = x.shape
-    valid = frame_mask(lengths, T)  # (B, T)
-
-    # Padding is replaced by zeros so that whatever it holds (even NaN) cannot reach any result.
-    xw = torch.where(valid[..., None], x.to(work), 0.0)
-    pw = prototypes.to(work)
-    x_norm = xw.norm(dim=-1).clamp_min(EPS)  # (B, T)
-    p_norm = pw.norm(dim=-1).clamp_min(EPS)  # (K,)
-    xh = xw / x_norm[..., None]
-    ph = pw / p_norm[:, None]
+    valid = frame_mask(lengths, x.shape[1])  # (B, T)
+    xh, ph, p_norm = _unit_vectors(x, prototypes, valid)
     cos = xh @ ph.T  # (B, T, K), eq. (2)
 
     if fisher is not None and cos.requires_grad:
@@ -69,6 +60,30 @@ def prototype_mil_reference(
 
     nearest = first_argmax(cos.detach(), dim=-1).masked_fill(~valid, -1)  # (B, T)
     return PrototypeMILOutput(pooled.to(out_dtype), frame_index, nearest)
+
+
+@torch.no_grad()
+def prototype_mil_pooled_reference(x: torch.Tensor, prototypes: torch.Tensor, lengths: torch.Tensor,
+                                   tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's (pooled, frame_index) for inference, bit-equal to it: no autograd and no
+    ``nearest``, the (B, T, K) similarities divided, soft-maxed and masked in place (two B x T x K
+    tensors instead of four, one reduction over them fewer: about 10% of batched CPU prediction)."""
+    valid = frame_mask(lengths, x.shape[1])
+    xh, ph, _ = _unit_vectors(x, prototypes, valid)
+    s = torch.softmax((xh @ ph.T).div_(tau), dim=-1)
+    pooled, frame_index = s.masked_fill_(~valid[..., None], -1.0).max(dim=1)
+    return pooled.to(x.dtype), frame_index
+
+
+def _unit_vectors(x: torch.Tensor, prototypes: torch.Tensor, valid: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x / |x| with padding zeroed, prototypes / |p|, |p| clamped to EPS) in the compute dtype."""
+    work = compute_dtype(x.dtype)
+    # Padding is replaced by zeros so that whatever it holds (even NaN) cannot reach any result.
+    xw = torch.where(valid[..., None], x.to(work), 0.0)
+    pw = prototypes.to(work)
+    p_norm = pw.norm(dim=-1).clamp_min(EPS)  # (K,)
+    return xw / xw.norm(dim=-1).clamp_min(EPS)[..., None], pw / p_norm[:, None], p_norm
 
 
 def _accumulate_fisher_on_backward(
