@@ -37,7 +37,7 @@ def test_8k_stereo_becomes_16k_mono_of_the_right_length_and_content(tmp_path):
 
 
 @pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
-@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("channels", [1, 2, 3])
 def test_read_equals_soundfiles_float_read_whole_and_in_spans(tmp_path, subtype, channels):
     # 16-bit PCM takes read_wav's int16 path (scaled by 1/32768 itself): it must give soundfile's
     # float32 values bit for bit, like the other subtypes, whole and in spans (start/end in seconds).

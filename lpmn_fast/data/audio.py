@@ -54,12 +54,13 @@ def read_wav(path: str | os.PathLike, sample_rate: int = 16000, *, start: float 
     if data.shape[0] == 0 or data.shape[1] == 0:
         span = "" if start is None and end is None else f" between {start or 0:g} s and {end} s"
         raise AudioError(f"audio file {path} is empty{span} (zero samples)")
+    samples = torch.from_numpy(data)
     if pcm16:
-        data = np.multiply(data, np.float32(1 / 32768), dtype=np.float32)
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if not pcm16 and not np.isfinite(mono).all():
+        samples = samples.to(torch.float32).mul_(1 / 32768)  # in torch: numpy's int16 -> float32 is 4x slower
+    mono = samples.mean(dim=1) if samples.shape[1] > 1 else samples[:, 0]
+    if not pcm16 and not bool(torch.isfinite(mono).all()):
         raise AudioError(f"audio file {path} contains NaN or Inf samples")
-    waveform = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+    waveform = mono.contiguous()
     if file_rate != sample_rate:
         waveform = torchaudio.functional.resample(waveform, file_rate, sample_rate)
     return waveform
