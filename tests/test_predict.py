@@ -160,6 +160,8 @@ def test_bad_waveforms_raise_input_errors(run_dir):
     predictor = lpmn_fast.load(run_dir)
     cases = [(torch.zeros(0), "empty"), (torch.zeros(16000), r"all-silent audio \(peak amplitude 0 <"),
              (-3e-5 * torch.ones(16000), r"peak amplitude 3e-05 <"), (torch.full((16000,), float("nan")), "NaN"),
+             (torch.randn(16000).index_fill_(0, torch.tensor([7]), float("nan")), "NaN"),
+             (torch.randn(16000).index_fill_(0, torch.tensor([9]), -float("inf")), "Inf"),
              (torch.randn(100) * 0.1, "too short"), (torch.randn(2, 3, 4), "must be"), ]
     for wave, message in cases:
         with pytest.raises(InputError, match=message):

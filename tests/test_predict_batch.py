@@ -166,6 +166,23 @@ def test_a_bad_path_among_good_ones_is_named_by_its_position(tmp_path, corpus, m
         predictor.predict_batch([good] * 7 + [silent] + [good] * 5 + [silent], batch_size=4)
 
 
+@pytest.mark.parametrize("cores", [1, 64])
+def test_features_in_line_or_in_the_background_give_the_same_predictions(tmp_path, corpus, monkeypatch, cores):
+    # A CPU model on as many torch threads as cores prepares each batch in line; with a core to spare
+    # a background thread decodes and featurises ahead. Both must give the same predictions.
+    predictor = Predictor(_model(tmp_path), CLASSES)
+    paths = [str(u.path) for u in corpus.utterances[:9]]
+    pools = []
+    real_pool = predictor_module.ThreadPoolExecutor
+    monkeypatch.setattr(predictor_module, "ThreadPoolExecutor", lambda **kw: pools.append(kw) or real_pool(**kw))
+    monkeypatch.setattr(predictor_module, "available_cpus", lambda: cores)
+    got = predictor.predict_batch(paths, batch_size=4)
+    assert len(pools) == (0 if torch.get_num_threads() >= cores else 1)
+    for path, p in zip(paths, got):
+        one = predictor.predict_file(path, explain=False)
+        assert p.label == one.label and p.probabilities == pytest.approx(one.probabilities, abs=1e-5)
+
+
 def test_length_batches_group_similar_lengths():
     assert length_batches([5, 1, 9, 3, 7], 2) == [[2, 4], [0, 3], [1]]
     with pytest.raises(ValueError, match="batch_size"):
