@@ -14,8 +14,9 @@ import torch
 from training_fixtures import save_tiny_hubert, write_tiny_corpus
 
 import lpmn_fast
-from lpmn_fast.inference import InputError, Predictor
+from lpmn_fast.inference import InputError, Prediction, Predictor
 from lpmn_fast.inference import predictor as predictor_module
+from lpmn_fast.inference import readahead
 from lpmn_fast.inference.audio import PendingAudio, header_samples, pending_audio
 from lpmn_fast.inference.batch import evidence_span, length_batches, run_batch
 from lpmn_fast.inference.chunks import run_chunked
@@ -173,14 +174,41 @@ def test_features_in_line_or_in_the_background_give_the_same_predictions(tmp_pat
     predictor = Predictor(_model(tmp_path), CLASSES)
     paths = [str(u.path) for u in corpus.utterances[:9]]
     pools = []
-    real_pool = predictor_module.ThreadPoolExecutor
-    monkeypatch.setattr(predictor_module, "ThreadPoolExecutor", lambda **kw: pools.append(kw) or real_pool(**kw))
+    real_pool = readahead.ThreadPoolExecutor
+    monkeypatch.setattr(readahead, "ThreadPoolExecutor", lambda **kw: pools.append(kw) or real_pool(**kw))
     monkeypatch.setattr(predictor_module, "available_cpus", lambda: cores)
     got = predictor.predict_batch(paths, batch_size=4)
     assert len(pools) == (0 if torch.get_num_threads() >= cores else 1)
     for path, p in zip(paths, got):
         one = predictor.predict_file(path, explain=False)
         assert p.label == one.label and p.probabilities == pytest.approx(one.probabilities, abs=1e-5)
+
+
+@pytest.mark.parametrize("cores", [1, 64])  # prepared in line, or a batch ahead across window boundaries
+def test_a_stream_of_many_windows_keeps_input_order(tmp_path, corpus, monkeypatch, cores):
+    monkeypatch.setattr(predictor_module, "available_cpus", lambda: cores)
+    predictor = Predictor(_model(tmp_path), CLASSES, chunk_seconds=2.0)
+    files = [str(u.path) for u in corpus.utterances[:4]]
+    waves = _waves()
+    inputs = [InputError("unreadable a"), InputError("unreadable b"), InputError("unreadable c"),  # a window of errors
+              pending_audio(files[0]), waves[3], waves[0],  # a chunked 3 s wave, a 2-frame one
+              torch.zeros(16000), pending_audio(files[1]), pending_audio(tmp_path / "missing.wav"),
+              waves[1], pending_audio(files[2]), waves[2], pending_audio(files[3])]
+    got = list(predictor.predict_stream(inputs, batch_size=2, lookahead=3))
+    assert [position for position, _ in got] == list(range(len(inputs)))
+    for (position, outcome), item in zip(got, inputs):
+        if isinstance(item, InputError):
+            assert outcome is item
+        elif position in (6, 8):
+            assert isinstance(outcome, InputError) and ("all-silent" in str(outcome) or "missing.wav" in str(outcome))
+        else:
+            one = predictor.predict(item.load() if isinstance(item, PendingAudio) else item, 16000, explain=False)
+            assert outcome.label == one.label and outcome.num_frames == one.num_frames
+            assert outcome.probabilities == pytest.approx(one.probabilities, abs=1e-5)
+    # fail fast: the stream ends with the window holding the first unusable input
+    got = dict(predictor.predict_stream(inputs[3:], batch_size=2, lookahead=3, fail_fast=True))
+    assert [isinstance(got[p], Prediction) for p in range(3)] == [True] * 3
+    assert isinstance(got[3], InputError) and max(got) < 6  # the silent wave: nothing after its window
 
 
 def test_length_batches_group_similar_lengths():

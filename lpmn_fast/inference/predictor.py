@@ -10,11 +10,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
-from collections import deque
-from collections.abc import Generator, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from .audio import (SAMPLE_RATE, InputError, PendingAudio, check_waveform, heade
 from .batch import EVIDENCE_SECONDS, PooledBatch, evidence_spans, length_batches, prepare_batch, run_batch
 from .chunks import frame_geometry, run_chunked
 from .explanation import Explanation, explain
+from .readahead import read_ahead
 
 # In a training run directory, the models lpmn-train exports, in order of preference: the probed
 # LPMN (top-K' prototypes, the paper's final system), then the trained model itself.
@@ -72,6 +72,21 @@ class Prediction:
         """The transformers audio-classification pipeline's shape: [{"label", "score"}, ...], best first."""
         ranked = sorted(self.probabilities.items(), key=lambda kv: -kv[1])
         return [{"label": c, "score": p} for c, p in ranked[:top_k]]
+
+
+@dataclass
+class _Window:
+    """Up to ``lookahead`` consecutive inputs of a stream: outcomes so far (position -> Prediction
+    or InputError), the inputs to batch (position, samples, tensor or PendingAudio), their
+    batches (indices into entries) and how many of those have not run yet."""
+
+    results: dict
+    entries: list
+    batches: list[list[int]]
+    batches_left: int
+
+    def failed(self) -> bool:
+        return any(isinstance(r, InputError) for r in self.results.values())
 
 
 def available_cpus() -> int:
@@ -205,103 +220,104 @@ class Predictor:
 
         waves: 16 kHz mono (samples,) tensors (a silent or too-short one yields its InputError),
         files not yet decoded (:class:`PendingAudio`, see :func:`pending_audio`), or the InputError
-        of an input that could not be used (passed through). ``lookahead`` inputs (default 8
-        batches) are gathered and run in batches of ``batch_size`` similar lengths (see
-        lpmn_fast.inference.batch). While the model runs one batch, a background thread decodes
-        the next batch's files and computes its frozen features (as a DataLoader worker would).
-        Inputs longer than one chunk run one at a time, chunked. Equal to :meth:`predict` per
-        input, up to float rounding. fail_fast: once an input of a window is unusable, the model
-        runs no more batches; the window's files are still decoded, so that its first unusable
-        input in input order is yielded, and the stream ends after that window (inputs not run
-        are not yielded).
+        of an input that could not be used (passed through). Windows of ``lookahead`` inputs
+        (default 8 batches) run in batches of ``batch_size`` similar lengths (see
+        lpmn_fast.inference.batch), and each window's outcomes are yielded when its last batch has
+        run. While the model runs one batch, a background thread decodes the files of the next
+        PREPARED_AHEAD batches (the next window's too) and computes their frozen features, as a
+        DataLoader worker would, when a core is free for it: with a GPU model, or a CPU model on
+        fewer torch threads than the process has cores; else (a CPU model on all cores) each
+        batch is prepared here, when its turn comes (in the background there, it made batched
+        prediction 1.9x slower on a 2-core CPU). Inputs longer than one chunk run one at a time,
+        chunked. Equal to :meth:`predict` per input, up to float rounding.
+
+        fail_fast: once an input of a window is unusable, the model runs no more batches; the
+        window's files are still decoded, so that its first unusable input in input order is
+        yielded, and the stream ends after that window (inputs not run are not yielded).
         """
         lookahead = lookahead or 8 * batch_size
-        window: list[tuple[int, torch.Tensor | PendingAudio | InputError]] = []
-        for position, wave in enumerate(waves):
-            window.append((position, wave))
-            if len(window) >= lookahead:
-                failed = yield from self._run_window(window, batch_size, fail_fast)
-                if failed:
+        backbone = self.model.backbone
+        spare_core = self.device.type != "cpu" or torch.get_num_threads() < available_cpus()
+
+        def jobs():  # (window, batch), or (window, None) for a window without batches
+            for window in self._windows(waves, lookahead, batch_size):
+                yield from ((window, batch) for batch in window.batches) if window.batches else [(window, None)]
+
+        def prepare(job):
+            window, batch = job
+            if batch is None:
+                return job, None
+            ready, failed, long = self._decode(window, batch)
+            return job, (ready, prepare_batch(backbone, [w for _, w in ready]) if ready else [], failed, long)
+
+        for (window, batch), prepared in read_ahead(jobs(), prepare, PREPARED_AHEAD if spare_core else 0):
+            if batch is not None:
+                window.batches_left -= 1
+                self._run_prepared(window, *prepared, fail_fast)
+            if window.batches_left == 0:
+                yield from sorted(window.results.items())
+                if fail_fast and window.failed():
                     return
-                window = []
-        yield from self._run_window(window, batch_size, fail_fast)
 
     def _too_long(self, wave: torch.Tensor) -> bool:
         return self._frames(wave.numel()) > self.chunk_frames
 
-    def _run_window(self, window, batch_size: int, fail_fast: bool = False
-                    ) -> Generator[tuple[int, Prediction | InputError], None, bool]:
-        """Yields each input's outcome in input order; returns whether fail_fast stopped the model."""
-        results: dict[int, Prediction | InputError] = {}
-        entries = []  # (position, samples, tensor or PendingAudio)
-        for position, wave in window:
-            if isinstance(wave, InputError):
-                results[position] = wave
-            elif isinstance(wave, PendingAudio):
-                entries.append((position, wave.samples, wave))
-            else:
-                try:
-                    check_waveform(wave, self.min_samples)
-                except InputError as error:
-                    results[position] = error
-                    continue
-                if self._too_long(wave):
-                    results[position] = self._predict(wave, False)
+    def _windows(self, waves, lookahead: int, batch_size: int) -> Iterator[_Window]:
+        """``waves`` (see predict_stream) as windows of ``lookahead`` positions: errors and checks
+        done, inputs longer than a chunk predicted (chunked), the rest grouped into batches."""
+        items = enumerate(waves)
+        while window := list(itertools.islice(items, lookahead)):
+            results: dict[int, Prediction | InputError] = {}
+            entries = []  # (position, samples, tensor or PendingAudio)
+            for position, wave in window:
+                if isinstance(wave, InputError):
+                    results[position] = wave
+                elif isinstance(wave, PendingAudio):
+                    entries.append((position, wave.samples, wave))
                 else:
-                    entries.append((position, wave.numel(), wave))
-        # Files whose header could not be read (samples 0) go in the first batch: they will fail, and
-        # fail_fast then stops the model before it runs.
-        batches = length_batches([samples or sys.maxsize for _, samples, _ in entries], batch_size)
-        backbone = self.model.backbone
-
-        def prepare(batch):
-            """Decode and check the batch's pending files, then its frozen features: (ready
-            [(position, wave)], their features, {position: InputError}, too long [(position, wave)])."""
-            ready, failed, long = [], {}, []
-            for i in batch:
-                position, _, wave = entries[i]
-                if isinstance(wave, PendingAudio):
                     try:
-                        wave = check_waveform(wave.load(), self.min_samples)
+                        check_waveform(wave, self.min_samples)
                     except InputError as error:
-                        failed[position] = error
+                        results[position] = error
                         continue
-                    if self._too_long(wave):  # longer than its header said
-                        long.append((position, wave))
-                        continue
-                ready.append((position, wave))
-            return ready, prepare_batch(backbone, [w for _, w in ready]) if ready else [], failed, long
+                    if self._too_long(wave):
+                        results[position] = self._predict(wave, False)
+                    else:
+                        entries.append((position, wave.numel(), wave))
+            # Files whose header could not be read (samples 0) go in the first batch: they will
+            # fail, and fail_fast then stops the model before it runs.
+            batches = length_batches([samples or sys.maxsize for _, samples, _ in entries], batch_size)
+            yield _Window(results, entries, batches, len(batches))
 
-        for ready, feats, failed, long in self._prepared(prepare, batches):
-            results.update(failed)
-            if fail_fast and any(isinstance(r, InputError) for r in results.values()):
-                continue  # decode on: the first unusable input of the window may be in a later batch
-            for position, wave in long:
-                results[position] = self._predict(wave, False)
-            if ready:
-                waves = [w for _, w in ready]
-                predictions = self._predictions(run_batch(self.model, waves, feats), [w.numel() for w in waves])
-                results.update((position, p) for (position, _), p in zip(ready, predictions))
-        for position in sorted(results):
-            yield position, results[position]
-        return fail_fast and any(isinstance(r, InputError) for r in results.values())
+    def _decode(self, window: _Window, batch: list[int]):
+        """Decode and check the batch's pending files: (ready [(position, wave)], {position:
+        InputError}, too long [(position, wave)])."""
+        ready, failed, long = [], {}, []
+        for i in batch:
+            position, _, wave = window.entries[i]
+            if isinstance(wave, PendingAudio):
+                try:
+                    wave = check_waveform(wave.load(), self.min_samples)
+                except InputError as error:
+                    failed[position] = error
+                    continue
+                if self._too_long(wave):  # longer than its header said
+                    long.append((position, wave))
+                    continue
+            ready.append((position, wave))
+        return ready, failed, long
 
-    def _prepared(self, prepare, batches: list) -> Iterator:
-        """prepare(batch) for each of ``batches``, in order: PREPARED_AHEAD batches ahead in a
-        background thread when a core is free for it (a GPU model, or a CPU model running on fewer
-        torch threads than the process has cores), else here, just in time. (On a 2-core CPU with
-        torch's default 2 threads, the background thread made batched prediction 1.9x slower.)"""
-        if self.device.type == "cpu" and torch.get_num_threads() >= available_cpus():
-            yield from map(prepare, batches)
-            return
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            # (Preparing batch 0 in this thread while the worker starts on batch 1 was no faster:
-            # the two contend on a 2-core CPU.)
-            queued = deque(pool.submit(prepare, b) for b in batches[:PREPARED_AHEAD])
-            for n in range(len(batches)):
-                if n + PREPARED_AHEAD < len(batches):
-                    queued.append(pool.submit(prepare, batches[n + PREPARED_AHEAD]))
-                yield queued.popleft().result()
+    def _run_prepared(self, window: _Window, ready, feats, failed, long, fail_fast: bool) -> None:
+        """The model on one prepared batch of ``window``; outcomes into window.results."""
+        window.results.update(failed)
+        if fail_fast and window.failed():
+            return  # decode on: the first unusable input of the window may be in a later batch
+        for position, wave in long:
+            window.results[position] = self._predict(wave, False)
+        if ready:
+            waves = [w for _, w in ready]
+            predictions = self._predictions(run_batch(self.model, waves, feats), [w.numel() for w in waves])
+            window.results.update((position, p) for (position, _), p in zip(ready, predictions))
 
     def _frames(self, samples: int) -> int:
         backbone = self.model.backbone

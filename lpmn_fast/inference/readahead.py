@@ -16,7 +16,11 @@ DEPTH = 8
 
 def read_ahead(items: Iterable[Item], read: Callable[[Item], Read], depth: int = DEPTH) -> Iterator[Read]:
     """read(item) for each of ``items``, in order, up to ``depth`` items ahead in one background
-    thread. An exception raised by ``read`` is raised here, at its item."""
+    thread (depth 0: here, when asked for). ``items`` is drawn lazily, here, as the reader needs
+    more. An exception raised by ``read`` is raised here, at its item."""
+    if depth == 0:
+        yield from map(read, items)
+        return
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = deque()
         for item in items:
