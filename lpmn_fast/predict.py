@@ -11,7 +11,9 @@ directory, whose model-probe/ (LPMN with the top-K' prototypes) or else model/ i
 is an audio file, a folder (searched recursively for audio files), a manifest (.csv, .tsv, .jsonl
 with a path column; start/end columns cut spans) or a Kaldi wav.scp (<id> <path> per line). Any
 sample rate is resampled to 16 kHz, channels are averaged; utterances run in batches of similar
-length on the device, long files one at a time in chunks. A file that cannot be used (missing, not
+length on the device, long files one at a time in chunks. The next batches' files are decoded and
+their fbank computed in a background thread when a core is free for it (a GPU, or fewer torch
+threads than cores: set OMP_NUM_THREADS or torch.set_num_threads); otherwise just in time. A file that cannot be used (missing, not
 audio, empty, silent, shorter than one frame) is reported on stderr and gets a row with its error;
 the others still run, and the exit code is then 1.
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchaudio.compliance import kaldi
 
-from lpmn_fast.models import FbankBackbone
+from lpmn_fast.models import FbankBackbone, fbank
 from lpmn_fast.models.fbank import fbank_features, fbank_features_batch, log_mel_batch
 
 # Sample counts around the frame edges (400 = one frame, 720 = two, 719 = one) and ragged ones.
@@ -74,6 +74,20 @@ def test_batched_features_equal_one_at_a_time():
         assert got.shape == want.shape
         # normalised features of unit scale; both are float32 roundings of the same numbers
         torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-4)
+
+
+def test_passes_of_many_frames_split_between_utterances(monkeypatch):
+    # more frames than one pass holds, and one utterance longer than a pass on its own
+    monkeypatch.setattr(fbank, "FRAMES_PER_PASS", 100)
+    g = torch.Generator().manual_seed(6)
+    waves = [_speechlike(n, g).float() for n in (16000, 12345, 40000, 1041, 16000, 16001)]  # 49, 38, 124, 3, 49, 49
+    calls = []
+    real = fbank.log_mel_batch
+    monkeypatch.setattr(fbank, "log_mel_batch", lambda ws, bins: calls.append(len(ws)) or real(ws, bins))
+    got = fbank_features_batch(waves)
+    assert calls == [2, 1, 2, 1]  # 49 + 38; 124 alone; 3 + 49; 49
+    for wave, features in zip(waves, got):
+        torch.testing.assert_close(features, fbank_features(wave), rtol=1e-4, atol=2e-4)
 
 
 def test_the_backbone_prepares_a_batch_as_it_prepares_one():

@@ -1,10 +1,10 @@
 """Kaldi log-mel filterbank features with per-utterance CMVN, for one waveform or many at once.
 
 ``fbank_features`` is torchaudio's ``compliance.kaldi.fbank`` on one utterance (the definition:
-training caches it). ``fbank_features_batch`` computes the same numbers for many utterances in one
-pass: every utterance's frames are stacked into one (N, window) matrix, so the framing, FFT and
-mel product run once per batch instead of once per utterance, and the mel bank and window are
-built once per process instead of on every call. torchaudio has no batched Kaldi fbank; the steps
+training caches it). ``fbank_features_batch`` computes the same numbers for many utterances at once:
+the frames of consecutive utterances are stacked into (N, 512) matrices of up to FRAMES_PER_PASS
+rows, so the FFT and mel product run once per pass instead of once per utterance, and the mel
+bank and window are built once per process instead of on every call. torchaudio has no batched Kaldi fbank; the steps
 below are kaldi.fbank's for the options used here (povey window, dither 0, DC removal,
 pre-emphasis 0.97, power spectrum, 512-point FFT, log), tested equal to it up to float rounding.
 """
@@ -26,6 +26,10 @@ FFT_SIZE = 512  # the window rounded up to a power of two, as Kaldi does
 PREEMPHASIS = 0.97
 INT16_SCALE = 32768.0  # Kaldi's features are defined on int16 sample values
 LOW_HZ, VTLN_LOW_HZ, VTLN_HIGH_HZ = 20.0, 100.0, -500.0  # kaldi.fbank's defaults
+# Frames per batched pass: 2 MiB of FFT input (a core's L2 on the dev machine). 16 files of the
+# synthetic corpus: 0.34 ms per utterance in passes of 1024 frames, 0.47 in one pass (2-core x86
+# dev machine, one thread, median of 20).
+FRAMES_PER_PASS = 1024
 
 
 def _check(wave: torch.Tensor) -> None:
@@ -71,12 +75,23 @@ def _scaled_povey_window() -> torch.Tensor:
 
 def fbank_features_batch(waves: Sequence[torch.Tensor], num_mel_bins: int = 40) -> list[torch.Tensor]:
     """waves: (samples_i,) float at 16 kHz each -> [(T_i, num_mel_bins)], each equal to
-    ``fbank_features(waves[i])`` up to float rounding, computed in one pass over all frames."""
+    ``fbank_features(waves[i])`` up to float rounding."""
     if not waves:
         return []
     for wave in waves:
         _check(wave)
-    return _cmvn_segments(log_mel_batch(waves, num_mel_bins), [1 + (w.numel() - WINDOW) // SHIFT for w in waves])
+    counts = [1 + (w.numel() - WINDOW) // SHIFT for w in waves]
+    # In passes of at most FRAMES_PER_PASS frames (or one utterance), so that a pass's FFT buffer and
+    # spectrum stay in a core's cache.
+    passes, first = [], 0
+    while first < len(waves):
+        last, frames = first + 1, counts[first]
+        while last < len(waves) and frames + counts[last] <= FRAMES_PER_PASS:
+            frames += counts[last]
+            last += 1
+        passes.append(log_mel_batch(waves[first:last], num_mel_bins))
+        first = last
+    return _cmvn_segments(torch.cat(passes), counts)
 
 
 def log_mel_batch(waves: Sequence[torch.Tensor], num_mel_bins: int = 40) -> torch.Tensor:
