@@ -60,6 +60,15 @@ def test_cached_part_plus_trainable_part_equals_the_model_forward(encoder_dir, f
     torch.testing.assert_close(out, _reference(encoder_dir, 3, wave)[0], atol=ATOL, rtol=RTOL)
 
 
+def test_the_frozen_part_ignores_autocast(encoder_dir):
+    # training caches float32 features; prediction under --precision bf16 must see the same ones
+    wave = torch.randn(9600, generator=torch.Generator().manual_seed(3))
+    backbone = SpeechEncoderBackbone(str(encoder_dir), num_layers=3, finetune_layers=(3,)).eval()
+    plain = backbone.prepare(wave)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(backbone.prepare(wave), plain)
+
+
 @pytest.mark.parametrize("finetune", [(3,), (1, 2), ()], ids=str)
 def test_layer_weights_sum_the_kept_blocks_outputs(encoder_dir, finetune):
     torch.manual_seed(2)

@@ -98,6 +98,17 @@ def test_the_backbone_prepares_a_batch_as_it_prepares_one():
         torch.testing.assert_close(got, backbone.prepare(wave), rtol=1e-4, atol=2e-4)
 
 
+def test_the_backbone_prepares_in_float32_under_autocast():
+    # training caches float32 features; lpmn-predict --precision bf16 must see the same ones, whether a
+    # batch is prepared in the caller's thread (under its autocast) or in the background (without)
+    backbone = FbankBackbone(num_mel_bins=16)
+    waves = [_speechlike(n, torch.Generator().manual_seed(n)).float() for n in (6000, 16001)]
+    one, many = backbone.prepare(waves[0]), backbone.prepare_batch(waves)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(backbone.prepare(waves[0]), one)
+        assert all(torch.equal(a, b) for a, b in zip(backbone.prepare_batch(waves), many))
+
+
 def test_batched_fbank_rejects_what_fbank_rejects():
     assert fbank_features_batch([]) == []
     with pytest.raises(ValueError, match="at least 400 samples"):

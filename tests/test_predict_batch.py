@@ -211,6 +211,53 @@ def test_a_stream_of_many_windows_keeps_input_order(tmp_path, corpus, monkeypatc
     assert isinstance(got[3], InputError) and max(got) < 6  # the silent wave: nothing after its window
 
 
+@pytest.mark.parametrize("cores", [1, 64])
+def test_a_failing_source_still_gets_the_outcomes_before_it(tmp_path, corpus, monkeypatch, cores):
+    monkeypatch.setattr(predictor_module, "available_cpus", lambda: cores)
+    predictor = Predictor(_model(tmp_path), CLASSES)
+    files = [str(u.path) for u in corpus.utterances[:7]]
+
+    def source():
+        yield from map(pending_audio, files)
+        raise OSError("the network share went away")
+
+    got = []
+    with pytest.raises(OSError, match="network share"):
+        for outcome in predictor.predict_stream(source(), batch_size=2, lookahead=3):
+            got.append(outcome)
+    assert [p for p, _ in got] == list(range(7)) and all(isinstance(o, Prediction) for _, o in got)
+
+
+def test_fail_fast_draws_no_input_past_the_failing_window(tmp_path, corpus, monkeypatch):
+    monkeypatch.setattr(predictor_module, "available_cpus", lambda: 64)  # working ahead
+    predictor = Predictor(_model(tmp_path), CLASSES)
+    good = pending_audio(corpus.utterances[0].path)
+    drawn = []
+
+    def source():
+        for n in range(40):
+            drawn.append(n)
+            yield InputError("bad") if n == 4 else good
+
+    got = dict(predictor.predict_stream(source(), batch_size=2, lookahead=6, fail_fast=True))
+    assert isinstance(got[4], InputError) and max(got) < 6
+    assert len(drawn) <= 12  # the failing window and at most the next, drawn while working ahead
+
+
+def test_autocast_reaches_the_model_not_the_features(tmp_path, corpus, monkeypatch):
+    # lpmn-predict --precision bf16 runs the stream under autocast, which the background thread that
+    # prepares batches does not see: features are float32 in both places, so both give the same
+    predictor = Predictor(_model(tmp_path), CLASSES)
+    files = [str(u.path) for u in corpus.utterances[:6]]
+    got = {}
+    for cores in (1, 64):  # in line, in the background
+        monkeypatch.setattr(predictor_module, "available_cpus", lambda cores=cores: cores)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got[cores] = predictor.predict_batch(files, batch_size=3)
+    for a, b in zip(got[1], got[64]):
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)
+
+
 def test_length_batches_group_similar_lengths():
     assert length_batches([5, 1, 9, 3, 7], 2) == [[2, 4], [0, 3], [1]]
     with pytest.raises(ValueError, match="batch_size"):

@@ -78,12 +78,15 @@ class Prediction:
 class _Window:
     """Up to ``lookahead`` consecutive inputs of a stream: outcomes so far (position -> Prediction
     or InputError), the inputs to batch (position, samples, tensor or PendingAudio), their
-    batches (indices into entries) and how many of those have not run yet."""
+    batches (indices into entries), how many of those have not run yet, the waveforms longer than
+    a chunk (position, tensor), and the exception that ended the inputs, if one did."""
 
     results: dict
     entries: list
     batches: list[list[int]]
     batches_left: int
+    long: list
+    source_error: Exception | None = None
 
     def failed(self) -> bool:
         return any(isinstance(r, InputError) for r in self.results.values())
@@ -224,12 +227,14 @@ class Predictor:
         (default 8 batches) run in batches of ``batch_size`` similar lengths (see
         lpmn_fast.inference.batch), and each window's outcomes are yielded when its last batch has
         run. While the model runs one batch, a background thread decodes the files of the next
-        PREPARED_AHEAD batches (the next window's too) and computes their frozen features, as a
-        DataLoader worker would, when a core is free for it: with a GPU model, or a CPU model on
-        fewer torch threads than the process has cores; else (a CPU model on all cores) each
-        batch is prepared here, when its turn comes (in the background there, it made batched
-        prediction 1.9x slower on a 2-core CPU). Inputs longer than one chunk run one at a time,
-        chunked. Equal to :meth:`predict` per input, up to float rounding.
+        PREPARED_AHEAD batches and computes their frozen features, as a DataLoader worker would,
+        when a core is free for it: with a GPU model, or a CPU model on fewer torch threads than
+        the process has cores; else (a CPU model on all cores) each batch is prepared here, when
+        its turn comes (in the background there, it made batched prediction 1.9x slower on a
+        2-core CPU). Working ahead draws the next window's inputs from ``waves`` (headers only, for
+        files) before this window's outcomes are yielded; should ``waves`` raise, the outcomes of
+        the inputs before it are yielded first. Inputs longer than one chunk run one at a time,
+        chunked, when their window ends. Equal to :meth:`predict` per input, up to float rounding.
 
         fail_fast: once an input of a window is unusable, the model runs no more batches; the
         window's files are still decoded, so that its first unusable input in input order is
@@ -238,9 +243,12 @@ class Predictor:
         lookahead = lookahead or 8 * batch_size
         backbone = self.model.backbone
         spare_core = self.device.type != "cpu" or torch.get_num_threads() < available_cpus()
+        stopped = False  # fail_fast has ended the stream: draw no more inputs
 
         def jobs():  # (window, batch), or (window, None) for a window without batches
             for window in self._windows(waves, lookahead, batch_size):
+                if stopped:
+                    return
                 yield from ((window, batch) for batch in window.batches) if window.batches else [(window, None)]
 
         def prepare(job):
@@ -254,21 +262,35 @@ class Predictor:
             if batch is not None:
                 window.batches_left -= 1
                 self._run_prepared(window, *prepared, fail_fast)
+            stopped = fail_fast and window.failed()
             if window.batches_left == 0:
+                if not stopped:
+                    for position, wave in window.long:
+                        window.results[position] = self._predict(wave, False)
                 yield from sorted(window.results.items())
-                if fail_fast and window.failed():
+                if stopped:
                     return
+                if window.source_error is not None:
+                    raise window.source_error
 
     def _too_long(self, wave: torch.Tensor) -> bool:
         return self._frames(wave.numel()) > self.chunk_frames
 
     def _windows(self, waves, lookahead: int, batch_size: int) -> Iterator[_Window]:
         """``waves`` (see predict_stream) as windows of ``lookahead`` positions: errors and checks
-        done, inputs longer than a chunk predicted (chunked), the rest grouped into batches."""
+        done, inputs longer than a chunk set aside, the rest grouped into batches. An exception
+        from ``waves`` ends the windows with the inputs drawn before it, holding the exception."""
         items = enumerate(waves)
-        while window := list(itertools.islice(items, lookahead)):
+        while True:
+            window, source_error = [], None
+            try:
+                window.extend(itertools.islice(items, lookahead))
+            except Exception as error:  # noqa: BLE001 - raised again once the inputs before it are done
+                source_error = error
+            if not window and source_error is None:
+                return
             results: dict[int, Prediction | InputError] = {}
-            entries = []  # (position, samples, tensor or PendingAudio)
+            entries, long = [], []  # (position, samples, tensor or PendingAudio); (position, tensor)
             for position, wave in window:
                 if isinstance(wave, InputError):
                     results[position] = wave
@@ -281,13 +303,15 @@ class Predictor:
                         results[position] = error
                         continue
                     if self._too_long(wave):
-                        results[position] = self._predict(wave, False)
+                        long.append((position, wave))
                     else:
                         entries.append((position, wave.numel(), wave))
             # Files whose header could not be read (samples 0) go in the first batch: they will
             # fail, and fail_fast then stops the model before it runs.
             batches = length_batches([samples or sys.maxsize for _, samples, _ in entries], batch_size)
-            yield _Window(results, entries, batches, len(batches))
+            yield _Window(results, entries, batches, len(batches), long, source_error)
+            if source_error is not None:
+                return
 
     def _decode(self, window: _Window, batch: list[int]):
         """Decode and check the batch's pending files: (ready [(position, wave)], {position:

@@ -2,7 +2,9 @@
 
 ``prepare(wave) -> (T, F)`` is the frozen, deterministic part of one utterance (Kaldi fbank, or
 a pretrained speech encoder below its first fine-tuned block in eval mode, see encoders.py); its output may be cached to
-disk and the result is exact. ``forward(feats (B, T, F), lengths (B,)) -> (B, T, C)`` is the
+disk and the result is exact. It computes in float32 under any autocast: training caches it so,
+and prediction must see the same features (the background thread that prepares batches, where
+the caller's autocast does not reach, and the caller's thread alike). ``forward(feats (B, T, F), lengths (B,)) -> (B, T, C)`` is the
 trainable part on padded batches; frames at or beyond ``lengths`` are padding.
 """
 
@@ -47,11 +49,13 @@ class FbankBackbone(nn.Module):
         self.norm = nn.LayerNorm(hidden)
 
     def prepare(self, wave: torch.Tensor) -> torch.Tensor:
-        return fbank_features(wave, self.num_mel_bins)
+        with torch.autocast("cpu", enabled=False):  # float32 under any autocast, as the training cache holds it
+            return fbank_features(wave, self.num_mel_bins)
 
     def prepare_batch(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """``prepare`` of each of ``waves`` in one pass (see lpmn_fast.models.fbank), equal up to float rounding."""
-        return fbank_features_batch(waves, self.num_mel_bins)
+        with torch.autocast("cpu", enabled=False):
+            return fbank_features_batch(waves, self.num_mel_bins)
 
     def cache_key(self) -> dict:
         """Everything ``prepare`` depends on (names the feature cache)."""

@@ -204,7 +204,10 @@ class SpeechEncoderBackbone(nn.Module):
             raise ValueError(f"need a 1-d waveform long enough for one {FAMILIES[self.family]} frame, "
                              f"got {tuple(wave.shape)}")
         device = next(self.frozen.parameters()).device
-        x = wave.float().to(device)[None]
+        with torch.autocast(device.type, enabled=False):  # float32 under any autocast (see backbones.py)
+            return self._prepare(wave.float().to(device)[None])
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize_wave:  # as Wav2Vec2FeatureExtractor(do_normalize=True) does
             x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
         h = self.frozen["feature_extractor"](x).transpose(1, 2)
