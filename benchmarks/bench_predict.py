@@ -6,8 +6,8 @@ depend on the weights), loaded as a user loads one. Both paths read the files, r
 model and return Predictions; the batched one groups them by length (``--batch-size``), computes
 the fbank of a batch in one pass and, when a core is free for it, decodes and featurises the next
 batches in a background thread. Measured twice: on one torch thread (the CPU profile's setting,
-which leaves the second core to the background thread) and on torch's default of one thread per
-core (batches then prepared in line). Reports utterances/s and the real-time factor (processing
+which leaves the other cores to the background thread) and on one torch thread per CPU the
+process may use (torch's default on the dev machine; batches are then prepared in line). Reports utterances/s and the real-time factor (processing
 time / audio time) per path, as the median of ``ROUNDS`` alternating rounds, and the ratio of the
 best batched path to one-at-a-time per thread setting; writes
 ``benchmarks/results/<device>_predict.json`` (or LPMN_BENCH_PREDICT_OUT). The ratios are recorded

@@ -3,7 +3,8 @@
 ``fbank_features`` is torchaudio's ``compliance.kaldi.fbank`` on one utterance (the definition:
 training caches it). ``fbank_features_batch`` computes the same numbers for many utterances at once:
 the frames of consecutive utterances are stacked into (N, 512) matrices of up to FRAMES_PER_PASS
-rows, so the FFT and mel product run once per pass instead of once per utterance, and the mel
+rows (an utterance longer than that makes a pass of its own), so the FFT and mel product run once
+per pass instead of once per utterance, and the mel
 bank and window are built once per process instead of on every call. torchaudio has no batched Kaldi fbank; the steps
 below are kaldi.fbank's for the options used here (povey window, dither 0, DC removal,
 pre-emphasis 0.97, power spectrum, 512-point FFT, log), tested equal to it up to float rounding.
