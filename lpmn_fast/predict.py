@@ -13,9 +13,9 @@ with a path column; start/end columns cut spans) or a Kaldi wav.scp (<id> <path>
 sample rate is resampled to 16 kHz, channels are averaged; utterances run in batches of similar
 length on the device, long files one at a time in chunks. The next batches' files are decoded and
 their fbank computed in a background thread when a core is free for it (a GPU, or fewer torch
-threads than cores: set OMP_NUM_THREADS or torch.set_num_threads); otherwise just in time. A file that cannot be used (missing, not
-audio, empty, silent, shorter than one frame) is reported on stderr and gets a row with its error;
-the others still run, and the exit code is then 1.
+threads than cores: set OMP_NUM_THREADS or torch.set_num_threads); otherwise just in time. A file
+that cannot be used (missing, not audio, empty, silent, shorter than one frame) is reported on
+stderr and gets a row with its error; the others still run, and the exit code is then 1.
 
 --output FILE.csv|.jsonl holds one row per input: file (id, start, end for wav.scp and manifest
 spans), label, prob_<class> per class, valence (models with a valence regressor), evidence_start_s

@@ -39,15 +39,13 @@ def read_wav(path: str | os.PathLike, sample_rate: int = 16000, *, start: float 
     try:
         with soundfile.SoundFile(path) as audio:
             file_rate = audio.samplerate
-            first = 0 if start is None else round(start * file_rate)
-            last = None if end is None else round(end * file_rate)
-            first, last, _ = slice(first, last).indices(audio.frames)  # as soundfile.read(start=, stop=)
+            first, last = _span(audio.frames, file_rate, start, end)
             if first:
                 audio.seek(first)
             # 16-bit PCM is read as int16 and scaled here: libsndfile's int-to-float conversion costs
             # about 3x the read, and x / 32768 is what it computes (exact in float32; tested).
             pcm16 = audio.subtype == "PCM_16"
-            data = audio.read(max(0, last - first), dtype="int16" if pcm16 else "float32",
+            data = audio.read(last - first, dtype="int16" if pcm16 else "float32",
                               always_2d=True)  # (frames, channels)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(f"cannot decode audio file {path}: {e}") from e
@@ -64,6 +62,24 @@ def read_wav(path: str | os.PathLike, sample_rate: int = 16000, *, start: float 
     if file_rate != sample_rate:
         waveform = torchaudio.functional.resample(waveform, file_rate, sample_rate)
     return waveform
+
+
+def _span(frames: int, rate: int, start: float | None, end: float | None) -> tuple[int, int]:
+    """(first, last) sample of the ``start``-``end`` span (seconds; None: the file's edge) of a file
+    of ``frames`` samples at ``rate`` Hz, clipped as soundfile.read(start=, stop=) clips; last >= first."""
+    first, last, _ = slice(None if start is None else round(start * rate),
+                           None if end is None else round(end * rate)).indices(frames)
+    return first, max(first, last)
+
+
+def header_samples(path: str | os.PathLike, sample_rate: int = 16000, *, start: float | None = None,
+                   end: float | None = None) -> int:
+    """How many samples ``read_wav(path, sample_rate, start=start, end=end)`` returns, from the
+    file's header alone: the span's samples, resampled to ``sample_rate`` (ceil(n * sample_rate /
+    rate), as the resampler makes them). Raises what soundfile.info raises for an unreadable file."""
+    info = soundfile.info(str(path))
+    first, last = _span(info.frames, info.samplerate, start, end)
+    return -(-(last - first) * sample_rate // info.samplerate)
 
 
 def write_wav(path: str | os.PathLike, waveform: torch.Tensor | np.ndarray, sample_rate: int) -> None:

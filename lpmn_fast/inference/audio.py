@@ -18,6 +18,7 @@ import torch
 import torchaudio.functional
 
 from ..data.audio import AudioError, read_wav
+from ..data.audio import header_samples as audio_header_samples
 from ..models.backbones import SAMPLE_RATE
 # Below -80 dBFS: digital silence, or the +-1..3 LSB dither of a silent 16-bit recording.
 SILENCE_PEAK = 1e-4
@@ -103,10 +104,6 @@ def pending_audio(path: str | os.PathLike, start: float | None = None, end: floa
 def header_samples(path: str | os.PathLike, start: float | None = None, end: float | None = None) -> int:
     """The length at 16 kHz of ``path`` (its ``start``-``end`` span) from its header; 0 if unreadable."""
     try:
-        info = soundfile.info(str(path))
+        return audio_header_samples(path, SAMPLE_RATE, start=start, end=end)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, OSError):
         return 0
-    rate = info.samplerate
-    first, last, _ = slice(None if start is None else round(start * rate),
-                           None if end is None else round(end * rate)).indices(info.frames)
-    return max(0, last - first) * SAMPLE_RATE // rate

@@ -274,7 +274,7 @@ class Predictor:
                     raise window.source_error
 
     def _too_long(self, wave: torch.Tensor) -> bool:
-        return self._frames(wave.numel()) > self.chunk_frames
+        return self.model.backbone.frame_count(wave.numel()) > self.chunk_frames
 
     def _windows(self, waves, lookahead: int, batch_size: int) -> Iterator[_Window]:
         """``waves`` (see predict_stream) as windows of ``lookahead`` positions: errors and checks
@@ -334,20 +334,13 @@ class Predictor:
     def _run_prepared(self, window: _Window, ready, feats, failed, long, fail_fast: bool) -> None:
         """The model on one prepared batch of ``window``; outcomes into window.results."""
         window.results.update(failed)
+        window.long += long  # longer than their headers said: chunked when the window ends, as the others
         if fail_fast and window.failed():
             return  # decode on: the first unusable input of the window may be in a later batch
-        for position, wave in long:
-            window.results[position] = self._predict(wave, False)
         if ready:
             waves = [w for _, w in ready]
             predictions = self._predictions(run_batch(self.model, waves, feats), [w.numel() for w in waves])
             window.results.update((position, p) for (position, _), p in zip(ready, predictions))
-
-    def _frames(self, samples: int) -> int:
-        backbone = self.model.backbone
-        if hasattr(backbone, "frame_count"):
-            return backbone.frame_count(samples)
-        return 1 + (samples - self.geometry.window) // self.geometry.shift
 
     def predict_batch(self, items, sample_rate: int = SAMPLE_RATE, *, batch_size: int = 16,
                       explain: bool = False) -> list[Prediction]:

@@ -4,7 +4,8 @@
 a pretrained speech encoder below its first fine-tuned block in eval mode, see encoders.py); its output may be cached to
 disk and the result is exact. It computes in float32 under any autocast: training caches it so,
 and prediction must see the same features (the background thread that prepares batches, where
-the caller's autocast does not reach, and the caller's thread alike). ``forward(feats (B, T, F), lengths (B,)) -> (B, T, C)`` is the
+the caller's autocast does not reach, and the caller's thread alike). ``frame_count(samples)`` is
+T for a wave of that many samples. ``forward(feats (B, T, F), lengths (B,)) -> (B, T, C)`` is the
 trainable part on padded batches; frames at or beyond ``lengths`` are padding.
 """
 
@@ -18,7 +19,8 @@ from torch import nn
 
 from ..ops.reference import frame_mask
 from .encoders import SpeechEncoderBackbone
-from .fbank import FRAME_LENGTH_MS, FRAME_SHIFT_MS, SAMPLE_RATE, fbank_features, fbank_features_batch
+from .fbank import (FRAME_LENGTH_MS, FRAME_SHIFT_MS, SAMPLE_RATE, fbank_features, fbank_features_batch,
+                    frame_count)
 
 __all__ = ["FRAME_LENGTH_MS", "FRAME_SHIFT_MS", "SAMPLE_RATE", "FbankBackbone", "HubertBackbone", "build_backbone",
            "fbank_features"]
@@ -56,6 +58,9 @@ class FbankBackbone(nn.Module):
         """``prepare`` of each of ``waves`` in one pass (see lpmn_fast.models.fbank), equal up to float rounding."""
         with torch.autocast("cpu", enabled=False):
             return fbank_features_batch(waves, self.num_mel_bins)
+
+    def frame_count(self, samples: int) -> int:
+        return frame_count(samples)
 
     def cache_key(self) -> dict:
         """Everything ``prepare`` depends on (names the feature cache)."""

@@ -38,6 +38,12 @@ def _check(wave: torch.Tensor) -> None:
         raise ValueError(f"need a 1-d waveform of at least {WINDOW} samples (one frame), got {tuple(wave.shape)}")
 
 
+def frame_count(samples: int) -> int:
+    """Frames of ``samples`` at 16 kHz: 25 ms windows every 20 ms, edges snipped as Kaldi does (0 if
+    shorter than one window)."""
+    return 1 + (samples - WINDOW) // SHIFT if samples >= WINDOW else 0
+
+
 def _cmvn(feats: torch.Tensor) -> torch.Tensor:
     # Per-utterance mean/variance normalisation removes channel and loudness offsets... partly:
     # the log-energy contour inside the utterance (what carries the synthetic emotion) survives.
@@ -81,7 +87,7 @@ def fbank_features_batch(waves: Sequence[torch.Tensor], num_mel_bins: int = 40) 
         return []
     for wave in waves:
         _check(wave)
-    counts = [1 + (w.numel() - WINDOW) // SHIFT for w in waves]
+    counts = [frame_count(w.numel()) for w in waves]
     # In passes of at most FRAMES_PER_PASS frames (or one utterance), so that a pass's FFT buffer and
     # spectrum stay in a core's cache.
     passes, first = [], 0

@@ -19,9 +19,9 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..data.atomic import atomic_path
-from ..data.audio import read_utterance
+from ..data.audio import header_samples, read_utterance
 from ..data.corpus import Utterance
-from ..models.backbones import FRAME_LENGTH_MS, FRAME_SHIFT_MS, SAMPLE_RATE
+from ..models.backbones import SAMPLE_RATE
 
 
 def backbone_fingerprint(backbone: torch.nn.Module) -> str:
@@ -122,24 +122,8 @@ class OnTheFlyFeatures:
         """Frames per utterance from the audio headers, without decoding anything (for length
         bucketing): exact for 16 kHz files, whose sample count is known; others are resampled
         first, and their count estimated (ceil(n * 16000 / rate), as the resampler makes it)."""
-        import soundfile
-
         counts = []
-        for u in self.utterances:
-            info = soundfile.info(str(u.path))
-            frames = info.frames
-            if u.start is not None or u.end is not None:  # a span counts its own samples, cut as read_wav cuts
-                last = frames if u.end is None else min(frames, round(u.end * info.samplerate))
-                frames = max(0, last - round((u.start or 0.0) * info.samplerate))
-            samples = -(-frames * SAMPLE_RATE // info.samplerate)
-            counts.append(max(1, _frame_count(self.backbone, samples)))
+        for u in self.utterances:  # a span counts its own samples, cut as read_wav cuts
+            samples = header_samples(u.path, SAMPLE_RATE, start=u.start, end=u.end)
+            counts.append(max(1, int(self.backbone.frame_count(samples))))
         return counts
-
-
-def _frame_count(backbone: torch.nn.Module, samples: int) -> int:
-    """Frames ``backbone.prepare`` makes of ``samples`` at 16 kHz: the backbone's own count if it
-    has one (HuBERT's CNN), else a 25 ms window at a 20 ms shift (Kaldi fbank, edges snipped)."""
-    if hasattr(backbone, "frame_count"):
-        return int(backbone.frame_count(samples))
-    window, shift = (int(SAMPLE_RATE * ms / 1000) for ms in (FRAME_LENGTH_MS, FRAME_SHIFT_MS))
-    return 1 + (samples - window) // shift if samples >= window else 0
