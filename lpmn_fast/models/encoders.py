@@ -69,7 +69,10 @@ def load_encoder(source: str, revision: str | None = None):
     if getattr(config, "add_adapter", False):
         raise ValueError(f"{source!r} has an adapter after the encoder (add_adapter), which changes the frame rate; "
                          "not supported")
-    model = AutoModel.from_pretrained(text, revision=revision)
+    # transformers' own layers, never Hugging Face Hub kernels: those are fetched at load time (no
+    # network on training machines), need the `kernels` distribution (transformers >= 5.25 raises
+    # without it) and would change the numerics between installs.
+    model = AutoModel.from_pretrained(text, revision=revision, use_kernels=False)
     model.config.name_or_path = str(source)  # what the user gave, not a cache path
     return model
 
