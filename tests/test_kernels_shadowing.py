@@ -118,7 +118,8 @@ def test_python_m_pytest_from_the_repository_root(tmp_path, situation):
         "tests/test_encoders.py::test_defaults_keep_every_block_and_tune_the_last_two",
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert re.search(r"^\d+ passed in ", result.stdout, re.M), result.stdout[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    assert re.match(r"\d+ passed\b", summary) and "failed" not in summary and "error" not in summary, summary
 
 
 def test_the_kernels_folder_is_not_a_regular_package():
