@@ -61,22 +61,20 @@ def one_line(message, category) -> str:
 @contextmanager
 def readable_warnings(prog: str) -> Iterator[None]:
     """During the block, warnings are shown as ``prog: warning: <message>``, one line, without the
-    source file and line; flags instead of Python arguments."""
+    source file and line; flags instead of Python arguments. Only the formatting is replaced
+    (``warnings.formatwarning``), so whatever shows or records warnings (train.log, pytest) still
+    gets them."""
 
-    def show(message, category, filename, lineno, file=None, line=None):
-        stream = sys.stderr if file is None else file
-        try:
-            stream.write(f"{prog}: {one_line(message, category)}\n")
-        except (OSError, ValueError):  # a closed stream: nowhere to warn
-            pass
+    def format_warning(message, category, filename, lineno, line=None):
+        return f"{prog}: {one_line(message, category)}\n"
 
-    previous = warnings.showwarning
-    warnings.showwarning = show
+    previous = warnings.formatwarning
+    warnings.formatwarning = format_warning
     try:
         yield
     finally:
-        if warnings.showwarning is show:
-            warnings.showwarning = previous
+        if warnings.formatwarning is format_warning:
+            warnings.formatwarning = previous
 
 
 def group_flags(parser: argparse.ArgumentParser, sections: Iterable[tuple[str, str]]) -> None:
