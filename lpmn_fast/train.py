@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import textwrap
 import types
@@ -77,8 +78,9 @@ def add_config_flags(parser, skip: tuple[str, ...] = (), prefix: str = "") -> No
         text = braced(f.metadata["help"])
         if "default" not in text:  # fields whose help explains a computed default say so themselves
             text += f" (default: {getattr(defaults, f.name)})"
+        choices = re.search(r"one of (\{[^}]*\})", text)  # shown as lpmn-predict's argparse choices are
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS, help=text,
-                           **_flag_type(f.type))
+                           **({"metavar": choices.group(1)} if choices else {}), **_flag_type(f.type))
 
 
 def build_parser() -> argparse.ArgumentParser:
