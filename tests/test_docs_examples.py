@@ -79,6 +79,26 @@ def test_the_docs_have_examples_and_markers_give_reasons():
                 assert MARKER.search(line), f"{path.name}: a marker needs a kind and a reason: {line!r}"
 
 
+README_LIMIT = 10 * 1024  # bytes: a README that fits on a screen or two; the rest is in docs/
+SETUP = ("```bash\n"
+         "bash scripts/setup.sh && .venv/bin/lpmn-train --data synthetic --head lpmn,ap,mp\n"
+         "bash scripts/setup.sh dev && .venv/bin/python -m pytest\n"
+         "```\n")
+
+
+def test_readme_is_short_and_opens_with_the_two_setup_commands():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.encode()) <= README_LIMIT
+    assert text.startswith("# lpmn_fast\n\n" + SETUP)  # CI runs exactly these lines
+
+
+def test_the_nav_lists_every_page():
+    """mkdocs.yml's nav names each docs page once (mkdocs itself only warns about omitted ones)."""
+    nav = re.findall(r"^\s*- (?:[^:\n]+: )?([\w./-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(), re.M)
+    pages = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    assert sorted(nav) == pages
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A folder with runs/demo (a tiny trained LPMN run) and clip.wav (stereo, 44.1 kHz)."""
