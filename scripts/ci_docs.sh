@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${LPMN_VENV:-.venv}"
+export NO_MKDOCS_2_WARNING=1  # Material's end-of-life banner, not a build problem
 if [ ! -x "$venv/bin/python" ]; then
   echo "ci_docs: no $venv; run 'bash scripts/setup.sh dev' first" >&2
   exit 2
