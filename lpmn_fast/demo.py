@@ -7,6 +7,7 @@ import argparse
 import torch
 
 from . import PrototypeMIL, prototype_mil
+from .cli import add_version
 from .ops import resolve_backend
 
 
@@ -17,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="device to run on (default: cuda if available, else cpu)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    add_version(parser)
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)

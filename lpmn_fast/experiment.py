@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cli import add_version, readable_warnings
 from .data.atomic import write_text_atomic
 from .data.problems import CorpusError
 from .protocol import fold_ids
@@ -104,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "mean ± std over folds and seeds plus the spread over seeds "
                                                       "(default: one run per fold with --seed)")
     ex.add_argument("--config", type=Path, help="YAML or JSON file of training config fields; flags override it")
-    add_config_flags(parser.add_argument_group("training (the fields of lpmn-train; see lpmn-train --help)"),
-                     skip=PER_RUN)
+    add_version(parser)
+    add_config_flags(parser, skip=PER_RUN, prefix="training (as lpmn-train): ")
     return parser
 
 
@@ -318,7 +319,7 @@ class Driver:
         counts = ", ".join(f"{c} {n}" for c, n in (corpus["counts"] or {}).items())
         lines = [title, "", f"Protocol: {b.split}: {data['protocol']['description']}. "
                  f"Folds: {', '.join(map(str, self.plan.folds))}.",
-                 f"Corpus: {corpus['utterances']} utterances ({counts}) from {corpus['root']}."]
+                 f"Corpus: {corpus['utterances']} utterances ({counts}) from `{Path(corpus['root']).resolve()}`."]
         if corpus["counts_match"] is False:
             expected = sum(corpus["expected_counts"].values())
             lines.append(f"**Class counts differ from the release's ({expected} utterances: "
@@ -336,6 +337,11 @@ class Driver:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with readable_warnings("lpmn-experiment"):
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     started = time.perf_counter()
     try:
         plan, corpus = make_plan(argv)

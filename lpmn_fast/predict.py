@@ -20,8 +20,9 @@ stderr and gets a row with its error; the others still run, and the exit code is
 --output FILE.csv|.jsonl holds one row per input: file (id, start, end for wav.scp and manifest
 spans), label, prob_<class> per class, valence (models with a valence regressor), evidence_start_s
 and evidence_end_s (LPMN models: the --evidence-seconds span with the most evidence for the
-label), duration_s, and error. It is rewritten atomically as it grows, so an interrupted run leaves
-a complete file of what was done; --resume then skips the inputs already labelled in it.
+label), duration_s, num_frames (frames the model saw), and error. It is written atomically after
+the first batch, then every --flush-seconds or --flush-rows rows, and at the end, so an interrupted
+run leaves a complete file of what was done; --resume then skips the inputs already labelled in it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .cli import add_version, group_flags, readable_warnings
 from .data.atomic import write_text_atomic
+
+# lpmn-predict --help in groups: (the first flag's dest, the group's title).
+FLAG_GROUPS = (("output", "output file (--output)"), ("batch_size", "batching and progress"),
+               ("json", "printed results and explanations"), ("chunk_seconds", "long files"),
+               ("device", "model, device and precision"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "label only the inputs it lacks (failed ones are retried)")
     p.add_argument("--overwrite", action="store_true", help="with --output: replace an existing FILE (default: "
                                                            "refuse, so that no earlier results are lost)")
+    p.add_argument("--flush-seconds", type=float, default=30.0,
+                   help="with --output: rewrite FILE at least this often (default 30); the first write comes "
+                        "as soon as the first batch is done")
+    p.add_argument("--flush-rows", type=int, default=1000,
+                   help="with --output: rewrite FILE after this many new rows at the latest (default 1000)")
     p.add_argument("--batch-size", type=int, default=16,
                    help="utterances per batch, grouped by length (default 16); 1 runs one at a time")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -78,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="numeric precision: bf16/fp16 run the model under autocast (the op on 16-bit inputs), "
                         "tf32 allows TF32 tensor-core matmuls; auto = bf16 on a GPU that supports it, else fp32 "
                         "(default auto)")
+    add_version(p)
+    group_flags(p, FLAG_GROUPS)
     return p
 
 
@@ -105,6 +119,11 @@ def _stems(paths: list[Path]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with readable_warnings("lpmn-predict"):
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.resume or args.overwrite) and args.output is None:
@@ -129,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         predictor = load(args.checkpoint, device=args.device, hubert_path=args.hubert_path, kernel=args.kernel,
                          **options)
-        table = OutputTable(args.output, predictor.classes, resume=args.resume, overwrite=args.overwrite) \
-            if args.output is not None else None
+        table = OutputTable(args.output, predictor.classes, resume=args.resume, overwrite=args.overwrite,
+                            flush_seconds=args.flush_seconds, flush_rows=args.flush_rows,
+                            first_rows=args.batch_size) if args.output is not None else None
     except (FileNotFoundError, FileExistsError, ValueError, TypeError) as error:
         print(f"lpmn-predict: error: {error}", file=sys.stderr)
         return 2

@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import textwrap
 import types
 import typing
 from pathlib import Path
 
+from .cli import add_version, braced, readable_warnings
 from .data.atomic import write_text_atomic
 from .training.config import (
     FBANK_DEMO_DEFAULTS, PAPER_DEFAULTS, TrainConfig, default_run_root, load_config_file, make_config, resolve,
@@ -50,24 +52,44 @@ def _flag_type(annotation):
     return {"type": base}
 
 
-def add_config_flags(parser, skip: tuple[str, ...] = ()) -> None:
-    """One ``--flag`` per TrainConfig field not in ``skip`` on ``parser`` (a parser or an argument group);
-    a flag not given leaves its field out of the parsed arguments."""
+# lpmn-train --help in groups: (the first TrainConfig field of each group, its title). A field
+# added to TrainConfig joins the group of the field before it.
+FLAG_GROUPS = (
+    ("data", "data and protocol"),
+    ("backbone", "backbone (frame features)"),
+    ("head", "head (LPMN, AP, MP) and the prototype-MIL op"),
+    ("lr", "optimisation"),
+    ("precision", "speed on a GPU: precision, loading, batching, schedule"),
+    ("run_dir", "run folder, resumption and logs"),
+)
+
+
+def add_config_flags(parser, skip: tuple[str, ...] = (), prefix: str = "") -> None:
+    """One ``--flag`` per TrainConfig field not in ``skip``, in the argument groups of FLAG_GROUPS
+    (titles after ``prefix``); a flag not given leaves its field out of the parsed arguments."""
     defaults = TrainConfig()
+    titles = dict(FLAG_GROUPS)
+    group = parser
     for f in dataclasses.fields(TrainConfig):
+        if f.name in titles:
+            group = parser.add_argument_group(prefix + titles[f.name])
         if f.name in skip:
             continue
-        text = f.metadata["help"]
+        text = braced(f.metadata["help"])
         if "default" not in text:  # fields whose help explains a computed default say so themselves
             text += f" (default: {getattr(defaults, f.name)})"
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS, help=text,
-                            **_flag_type(f.type))
+        choices = re.search(r"one of (\{[^}]*\})", text)  # shown as lpmn-predict's argparse choices are
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=argparse.SUPPRESS, help=text,
+                           **({"metavar": choices.group(1)} if choices else {}), **_flag_type(f.type))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lpmn-train", description=__doc__, epilog=_EPILOG,
+                                     usage="%(prog)s [--config FILE] [--FLAG VALUE ...]",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="YAML or JSON file of config fields; flags given here override it")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="YAML or JSON file of config fields; flags given here override it")
+    add_version(parser)
     add_config_flags(parser)
     return parser
 
@@ -98,6 +120,11 @@ def format_table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with readable_warnings("lpmn-train"):
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         fields, heads = config_from_args(argv)
         if len(heads) > 1:

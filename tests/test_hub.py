@@ -151,7 +151,9 @@ def test_a_loaded_model_saves_the_same_card_and_extra(tmp_path):
     SERModel.from_pretrained(tmp_path / "a").save_pretrained(tmp_path / "b")
     config = {name: json.loads((tmp_path / name / CONFIG_NAME).read_text()) for name in ("a", "b")}
     assert config["b"] == config["a"]
-    assert (tmp_path / "b" / "README.md").read_text() == (tmp_path / "a" / "README.md").read_text()
+    card_a = (tmp_path / "a" / "README.md").read_text()  # its usage example names the folder it is in
+    assert (tmp_path / "b" / "README.md").read_text() == card_a.replace((tmp_path / "a").as_posix(),
+                                                                        (tmp_path / "b").as_posix())
     assert (tmp_path / "b" / CONFUSION_IMAGE).is_file()
     card = ModelCard.load(tmp_path / "b" / "README.md")
     assert card.data.library_name == "lpmn_fast" and card.data.pipeline_tag == "audio-classification"

@@ -80,7 +80,7 @@ def test_train_log_holds_messages_and_warnings(tmp_path, use_corpus):
         train(_config(tmp_path, epochs=2, stop_after_steps=5))  # 4 steps per epoch: stops in epoch 2
     text = (tmp_path / "run" / "train.log").read_text()
     assert "epoch 1: train loss" in text and "epoch 2: train loss" not in text
-    assert "UserWarning: tiny corpus: 2 files skipped (test warning)" in text
+    assert "warning: tiny corpus: 2 files skipped (test warning)" in text
     with pytest.warns(UserWarning):
         train(_config(tmp_path, epochs=2, resume=True))  # appends
     text = (tmp_path / "run" / "train.log").read_text()

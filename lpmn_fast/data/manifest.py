@@ -30,6 +30,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from pathlib import Path
 import soundfile
 
 from .corpus import Utterance
-from .problems import CorpusError, settle
+from .problems import CorpusError, CorpusWarning, settle
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 REQUIRED_COLUMNS = ("path", "label")
@@ -166,17 +167,20 @@ def read_rows(path: str | os.PathLike) -> tuple[list[str], list[tuple[int, dict[
 
     Values are stripped strings ("" when missing); JSON numbers become their text. A row with more
     fields than the header, a JSON line that is not an object, or an empty file raises CorpusError
-    naming FILE:LINE.
+    naming FILE:LINE. Blank lines and rows whose every field is empty are skipped, counted in one
+    CorpusWarning naming their lines.
     """
     path = Path(path).expanduser()
     fmt = manifest_format(path)
     _check_exists(path)
     rows: list[tuple[int, dict[str, str]]] = []
+    skipped: list[int] = []  # lines of blank and all-empty rows
     with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: tolerate a byte-order mark
         if fmt == "jsonl":
             header: list[str] = []
             for line_no, line in enumerate(f, 1):
                 if not line.strip():
+                    skipped.append(line_no)
                     continue
                 try:
                     obj = json.loads(line)
@@ -199,11 +203,16 @@ def read_rows(path: str | os.PathLike) -> tuple[list[str], list[tuple[int, dict[
             for fields in reader:
                 line_no = reader.line_num
                 if not any(v.strip() for v in fields):
-                    continue  # blank line
+                    skipped.append(line_no)  # a blank line, or only separators
+                    continue
                 if len(fields) > len(header):
                     raise CorpusError(f"{path}:{line_no}: {len(fields)} fields but the header has {len(header)} "
                                       "columns (an unquoted separator inside a value?)")
                 rows.append((line_no, {k: v.strip() for k, v in zip(header, fields)}))
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (", ..." if len(skipped) > 10 else "")
+        warnings.warn(f"{path}: {len(skipped)} blank or all-empty row(s) skipped (line {shown})", CorpusWarning,
+                      stacklevel=2)
     return header, rows
 
 

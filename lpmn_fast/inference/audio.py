@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ import torchaudio.functional
 from ..data.audio import AudioError, read_wav
 from ..data.audio import header_samples as audio_header_samples
 from ..models.backbones import SAMPLE_RATE
+# More channels than this in a 2-D waveform is no audio layout we know: an error, not a guess.
+MAX_CHANNELS = 8
 # Below -80 dBFS: digital silence, or the +-1..3 LSB dither of a silent 16-bit recording.
 SILENCE_PEAK = 1e-4
 
@@ -28,18 +31,37 @@ class InputError(ValueError):
     """Audio that cannot be classified: missing, undecodable, empty, silent or too short."""
 
 
-def to_mono_16k(waveform, sample_rate: int) -> torch.Tensor:
-    """waveform: (samples,) or (channels, samples) tensor or array -> float32 (samples,) at 16 kHz.
+def channels_first(wave: torch.Tensor) -> torch.Tensor:
+    """A 2-D waveform as (channels, samples): the smaller dimension is the channels, at most
+    MAX_CHANNELS of them. (samples, channels) is what soundfile and librosa's ``mono=False`` (the
+    latter transposed) hand over, (channels, samples) what torchaudio does. When both dimensions
+    could be channels the layout is ambiguous: (channels, samples) is assumed and a warning says so."""
+    rows, cols = wave.shape
+    if min(rows, cols) > MAX_CHANNELS:
+        raise InputError(f"waveform of shape {(rows, cols)}: neither dimension is a channel count (at most "
+                         f"{MAX_CHANNELS}); give (samples,), (channels, samples) or (samples, channels)")
+    if max(rows, cols) <= MAX_CHANNELS or rows == cols:
+        warnings.warn(f"waveform of shape {(rows, cols)} is ambiguous: read as (channels, samples) = ({rows}, "
+                      f"{cols}); transpose it if it is (samples, channels)", UserWarning, stacklevel=3)
+        return wave
+    return wave if rows < cols else wave.T
 
-    Channels are averaged; another rate is resampled (windowed sinc).
+
+def to_mono_16k(waveform, sample_rate: int) -> torch.Tensor:
+    """waveform: (samples,), (channels, samples) or (samples, channels) tensor or array -> float32
+    (samples,) at 16 kHz.
+
+    The smaller dimension of a 2-D waveform is the channels (at most 8; see :func:`channels_first`);
+    channels are averaged; another rate is resampled (windowed sinc).
     """
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise InputError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
     wave = torch.as_tensor(np.asarray(waveform) if not isinstance(waveform, torch.Tensor) else waveform)
     if wave.dim() == 2:
-        wave = wave.float().mean(0)  # (channels, samples), torchaudio's layout
+        wave = channels_first(wave).float().mean(0)
     elif wave.dim() != 1:
-        raise InputError(f"waveform must be (samples,) or (channels, samples), got shape {tuple(wave.shape)}")
+        raise InputError(f"waveform must be (samples,), (channels, samples) or (samples, channels), got shape "
+                         f"{tuple(wave.shape)}")
     if wave.numel() == 0:
         raise InputError("empty audio (zero samples)")
     wave = wave.float().cpu()

@@ -1,8 +1,8 @@
-"""``load(path) -> Predictor``; ``Predictor.predict(waveform, sample_rate) -> Prediction``.
+"""``load(path) -> Predictor``; ``Predictor.predict(path or waveform, sample_rate) -> Prediction``.
 
     import lpmn_fast
     predictor = lpmn_fast.load("runs/demo")          # a run directory or a save_pretrained one
-    p = predictor.predict(waveform, 44100)            # (samples,) or (channels, samples)
+    p = predictor.predict("a.wav")                    # a path, or a waveform and its rate: predict(w, 44100)
     p.label, p.probabilities, p.explanation.evidence  # explanation: LPMN models only
     many = predictor.predict_batch(["a.wav", "b.flac"])   # batched by length; same results as predict
     predictor("a.wav", top_k=2)                       # [{"label": ..., "score": ...}, ...] like a transformers pipeline
@@ -153,11 +153,21 @@ class Predictor:
         return self.geometry.window
 
     @torch.no_grad()
-    def predict(self, waveform, sample_rate: int, explain: bool = True) -> Prediction:
-        """waveform: (samples,) or (channels, samples) at ``sample_rate`` Hz -> Prediction.
+    def predict(self, waveform, sample_rate: int | None = None, explain: bool = True) -> Prediction:
+        """The Prediction for one input: an audio file's path (``sample_rate`` not needed), a
+        waveform at ``sample_rate`` Hz ((samples,), (channels, samples) or (samples, channels), as
+        soundfile.read gives it; the smaller dimension is the channels, at most 8), or a
+        {"array", "sampling_rate"} dict.
 
-        Raises InputError for empty, non-finite, silent or shorter-than-one-frame input.
+        Raises InputError for missing, empty, non-finite, silent or shorter-than-one-frame input.
         """
+        if isinstance(waveform, (str, os.PathLike)):
+            return self.predict_file(waveform, explain)
+        if isinstance(waveform, dict):
+            return self._predict(self._wave(waveform, SAMPLE_RATE), explain)
+        if sample_rate is None:
+            raise InputError("a waveform needs its sample_rate: predict(waveform, sample_rate); "
+                             "soundfile.read(path) returns both")
         wave = check_waveform(to_mono_16k(waveform, sample_rate), self.min_samples)
         return self._predict(wave, explain)
 
@@ -344,8 +354,8 @@ class Predictor:
 
     def predict_batch(self, items, sample_rate: int = SAMPLE_RATE, *, batch_size: int = 16,
                       explain: bool = False) -> list[Prediction]:
-        """Predictions for many ``items``: paths, waveforms ((samples,) or (channels, samples) at
-        ``sample_rate``) or {"array", "sampling_rate"} dicts, run in padded batches of
+        """Predictions for many ``items``: paths, waveforms ((samples,), (channels, samples) or
+        (samples, channels) at ``sample_rate``) or {"array", "sampling_rate"} dicts, run in padded batches of
         ``batch_size``; the same results as :meth:`predict` one at a time, up to float rounding.
         Raises InputError naming the first unusable item. explain=True runs one at a time (the
         explanation's per-frame curves come from the chunked path)."""

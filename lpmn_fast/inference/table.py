@@ -1,8 +1,10 @@
 """The output file of ``lpmn-predict --output``: one row per input, CSV or JSON Lines, written atomically.
 
-Rows are kept in memory and the whole file is rewritten atomically (lpmn_fast.data.atomic) every
-``flush_seconds`` and at the end, so the file on disk is always complete: an interrupted run leaves
-every row finished before the last write, and ``resume`` reads them back and skips their inputs.
+Rows are kept in memory and the whole file is rewritten atomically (lpmn_fast.data.atomic) once the
+first batch's rows are in (``first_rows``), then whenever ``flush_seconds`` have passed or
+``flush_rows`` new rows have come since the last write, and at the end, so the file on disk is always
+complete: an interrupted run leaves every row finished before the last write, and ``resume`` reads
+them back and skips their inputs.
 """
 
 from __future__ import annotations
@@ -43,13 +45,17 @@ class OutputTable:
     """
 
     def __init__(self, path: str | Path, classes: list[str], *, resume: bool = False, overwrite: bool = False,
-                 flush_seconds: float = 30.0):
+                 flush_seconds: float = 30.0, flush_rows: int = 1000, first_rows: int = 1):
         self.path = Path(path)
         if self.path.suffix.lower() not in OUTPUT_FORMATS:
             raise ValueError(f"--output {self.path}: name it .csv or .jsonl")
         self.classes = list(classes)
         self.rows: dict[str, dict] = {}
         self.flush_seconds = flush_seconds
+        self.flush_rows = max(1, flush_rows)
+        self.first_rows = max(1, first_rows)
+        self.written = False  # not yet by this run: the first write comes after the first batch
+        self.unwritten = 0  # rows added since the last write
         self.last_write = time.monotonic()
         if self.path.exists():
             if resume:
@@ -80,9 +86,12 @@ class OutputTable:
         return rows
 
     def add(self, item, record: dict) -> None:
-        """Add (or replace) the row of ``item``; rewrite the file if ``flush_seconds`` have passed."""
+        """Add (or replace) the row of ``item``; rewrite the file when the first ``first_rows`` rows
+        are in, then after ``flush_rows`` more rows or ``flush_seconds``, whichever comes first."""
         self.rows[item.key] = flatten(record)
-        if time.monotonic() - self.last_write >= self.flush_seconds:
+        self.unwritten += 1
+        if (self.unwritten >= (self.flush_rows if self.written else self.first_rows)
+                or time.monotonic() - self.last_write >= self.flush_seconds):
             self.write()
 
     def columns(self) -> list[str]:
@@ -105,6 +114,7 @@ class OutputTable:
             writer.writerows({k: _cell(v) for k, v in r.items()} for r in self.rows.values())
             text = out.getvalue()
         write_text_atomic(self.path, text)
+        self.written, self.unwritten = True, 0
         self.last_write = time.monotonic()
 
 

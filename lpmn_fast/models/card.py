@@ -80,6 +80,15 @@ def _describe_head(head: dict, train_config: dict) -> str:
     return f"{names.get(kind, kind)} over frames + linear classifier (a baseline of the paper)"
 
 
+def base_model(backbone: dict) -> str | None:
+    """The Hub id of the pretrained encoder a model was built on, for the card's ``base_model``: its
+    recorded source when that was a Hub id (a local directory has a recorded ``path``), else None."""
+    source = backbone.get("source")
+    if backbone.get("type") in (None, "fbank") or not source or backbone.get("path"):
+        return None
+    return str(source)
+
+
 def _card_data(config: dict, evaluation: dict | None, name: str) -> ModelCardData:
     train_config = (config.get("extra") or {}).get("train_config") or {}
     data = train_config.get("data")
@@ -94,18 +103,18 @@ def _card_data(config: dict, evaluation: dict | None, name: str) -> ModelCardDat
     return ModelCardData(library_name=LIBRARY, pipeline_tag=PIPELINE_TAG, license="apache-2.0",
                          tags=sorted(set(TAGS + [config["head"]["type"], config["backbone"]["type"]])),
                          metrics=sorted({METRICS[k][0] for k in METRICS if test.get(k) is not None}) or None,
-                         model_name=name, eval_results=results or None)
+                         model_name=name, eval_results=results or None, base_model=base_model(config["backbone"]))
 
 
-def build_card(config: dict, repo_id: str | None = None) -> ModelCard:
+def build_card(config: dict, repo_id: str | None = None, folder: str | Path | None = None) -> ModelCard:
     """The ModelCard of a model described by ``config`` (a config.json dict). repo_id: the Hub id
-    the usage example loads (default: a local folder path)."""
+    the usage example loads; else ``folder``, the model folder as it was named when saved."""
     extra = config.get("extra") or {}
     evaluation = extra.get("evaluation")
     train_config = extra.get("train_config") or {}
     provenance = extra.get("provenance")
     name = extra.get("name") or (evaluation or {}).get("name") or f"lpmn_fast {config['head']['type']} model"
-    where = repo_id or "path/to/this/folder"
+    where = repo_id or (Path(folder).as_posix() if folder is not None else "MODEL_FOLDER")
     lines = [f"# {name}: speech emotion recognition with lpmn_fast", "",
              "A speech emotion recognition model trained with lpmn_fast, which reproduces the Local Prototypical "
              "Mapping Network (LPMN) and runs its core op as fused Triton kernels on GPUs.",
@@ -159,7 +168,7 @@ def build_card(config: dict, repo_id: str | None = None) -> ModelCard:
               "from lpmn_fast.models import SERModel", "",
               f'model = SERModel.from_pretrained("{where}")  # a Hub id (revision=...) or a local folder',
               f'predictor = lpmn_fast.load("{where}")',
-              "p = predictor.predict_file(\"speech.wav\")  # or predictor.predict(waveform, sample_rate)",
+              "p = predictor.predict(\"speech.wav\")  # or predictor.predict(waveform, sample_rate)",
               "print(p.label, p.probabilities)", "```"]
     if config["backbone"].get("type") not in (None, "fbank"):
         lines += ["", "The frozen pretrained backbone layers are not part of this folder; they are loaded from the "
@@ -183,7 +192,7 @@ def write_card(directory: str | Path, config: dict, repo_id: str | None = None) 
         from ..training.plots import plot_confusion
 
         plot_confusion({evaluation.get("name") or "test": matrix}, list(config["classes"]), directory / CONFUSION_IMAGE)
-    write_text_atomic(directory / CARD_NAME, str(build_card(config, repo_id)))
+    write_text_atomic(directory / CARD_NAME, str(build_card(config, repo_id, directory)))
     return directory / CARD_NAME
 
 

@@ -134,6 +134,8 @@ def save_pretrained(model: SERModel, directory: str | os.PathLike, classes: list
     if len(classes) != head["num_classes"]:
         raise ValueError(f"{len(classes)} class names given for a model with {head['num_classes']} classes")
     config = {"model_type": MODEL_TYPE, "format_version": FORMAT_VERSION, "classes": classes,
+              # what Hub tooling and the transformers audio-classification pipeline read
+              "id2label": {str(i): c for i, c in enumerate(classes)}, "label2id": {c: i for i, c in enumerate(classes)},
               "sample_rate": 16000, "backbone": describe_backbone(model.backbone), "head": head,
               "extra": _jsonable(extra or {})}
     # clone(): safetensors refuses tensors sharing storage, and a probe shares its backbone's.

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..cli import one_line
 from ..data.atomic import write_text_atomic
 
 LOG_KINDS = ("csv", "tensorboard", "none")
@@ -177,7 +178,7 @@ def run_logging(run_dir: str | os.PathLike, console: bool = True, enabled: bool 
         # Into train.log directly (not through a logger, which could print it a second time) ...
         record = logging.makeLogRecord({
             "name": "py.warnings", "levelno": logging.WARNING, "levelname": "WARNING",
-            "msg": f"{filename}:{lineno}: {category.__name__}: {message}"})
+            "msg": one_line(message, category)})
         file_handler.handle(record)
         # ... then wherever warnings went before (the console, or pytest's recorder).
         previous_show(message, category, filename, lineno, file, line)

@@ -195,6 +195,9 @@ def _train(c: TrainConfig, precision: Precision) -> dict:
             if c.stop_after_steps is not None and run["step"] >= c.stop_after_steps:
                 bar.close()  # abruptly, as a kill would: no checkpoint beyond the periodic ones
                 logs.close()
+                if dist.is_main:
+                    log.info(f"stopped after step {run['step']} as asked (--stop-after-steps); the same flags "
+                             "plus --resume continue the run")
                 return {"interrupted": True, "step": run["step"], "epoch": epoch, "run_dir": str(run_dir),
                         "rank": dist.rank}
 
@@ -277,6 +280,12 @@ def _train(c: TrainConfig, precision: Precision) -> dict:
     _dump(run_dir / "metrics.json", results)
     plot_confusion(matrices, classes, run_dir / "confusion.png")
     plot_curves(run["history"], c.select_metric, run_dir / "curves.png")
+    for name, m in [(results["name"], results["test"])] + (
+            [(results["probe"]["name"], results["probe"]["test"])] if "probe" in results else []):
+        log.info(f"test {name} (best epoch {results['best_epoch']} on valid {c.select_metric}"
+                 + (", stopped early" if results["stopped_early"] else "") + f"): WA {m['wa']:.4f} UA {m['ua']:.4f} "
+                 f"macro F1 {m['macro_f1']:.4f} weighted F1 {m['weighted_f1']:.4f}")
+    log.info(f"results in {run_dir} ({results['seconds']} s)")
     return results
 
 
