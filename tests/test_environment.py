@@ -104,3 +104,21 @@ def test_import_lpmn_fast_loads_no_heavy_optional_module():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["-", "-", "triton"]
+
+
+def test_busy_machine_hint_names_the_threads_flag(monkeypatch):
+    import os
+
+    import torch
+
+    from lpmn_fast.train import busy_cpu_hint
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.5, 3.0, 2.0))
+    hint = busy_cpu_hint(None, "auto")
+    assert hint is not None and "--threads 1" in hint and "load 3.5 on 2 cores" in hint
+    assert busy_cpu_hint(1, "auto") is None  # the user chose a thread count
+    assert busy_cpu_hint(None, "cuda") is None  # a GPU run does not need it
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.3, 0.2))
+    assert busy_cpu_hint(None, "cpu") is None  # a quiet machine
