@@ -12,5 +12,7 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "ci_docs: no $venv; run 'bash scripts/setup.sh dev' first" >&2
   exit 2
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[docs]"
+# The locked versions (requirements/lock.txt) where the environment is the locked one.
+lock=(); [ "$venv" = .venv ] && lock=(-c requirements/lock.txt)
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${lock[@]}" -e ".[docs]"
 "$venv/bin/python" -m mkdocs build --strict --site-dir "${DOCS_SITE_DIR:-site}"
