@@ -6,7 +6,7 @@ for daemon in slurmd slurmctld; do
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     echo "slurm_down: stopping $daemon (pid $(cat "$pidfile"))"
     kill "$(cat "$pidfile")"
-    for _ in $(seq 20); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.5; done
+    for _ in $(seq 20); do kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null || break; sleep 0.5; done
   fi
 done
 pidfile=/run/munge/munged.pid
