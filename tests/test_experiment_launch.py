@@ -1,0 +1,169 @@
+"""lpmn-experiment --launcher local and slurm on a tiny synthetic grid (2 folds x rows AP and LPMN-8-4, fbank,
+one epoch; 7 jobs: the feature cache, 4 trainings, 2 probe jobs after their LPMN-8).
+
+Each launcher, for real (worker processes started by submitit; jobs on the one-node SLURM that
+scripts/slurm_up.sh starts): a run killed mid-way (scancel; SIGINT for a local worker, as submitit's
+cancel sends) makes the launch end unfinished; a second launch while it ran submitted nothing; the
+rerun resubmits only the killed run and its probes, the run resumes its checkpoint, and the results
+equal the sequential launcher's; a third launch submits nothing. The SLURM test is skipped when no SLURM
+answers here, and fails instead when LPMN_REQUIRE_SLURM=1 (CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import lpmn_fast.experiment as experiment
+from lpmn_fast.launch.backends import slurm_answers
+from lpmn_fast.launch.engine import job_states, read_records
+from lpmn_fast.launch.jobs import HOLD_ENV, JobLock, JobSpec
+
+HELD = "fold-1/lpmn-K8"  # the run killed mid-way: two of its four steps done, a checkpoint after step 2
+
+
+def _args(cache: Path, out: Path) -> list[str]:
+    return ["--data", "synthetic", "--synthetic-utterances-per-speaker", "4", "--split", "loso", "--fold", "1,2",
+            "--rows", "ap,lpmn-ps", "--k", "8", "--k-prime", "4", "--cache-dir", str(cache), "--epochs", "1",
+            "--fbank-mel-bins", "16", "--encoder-hidden", "16", "--batch-size", "8", "--tau", "0.2", "--lr", "0.01",
+            "--kmeans-frames", "500", "--probe-epochs", "2", "--checkpoint-every", "2", "--no-progress",
+            "--threads", "1", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory, cache):
+    out = tmp_path_factory.mktemp("sequential") / "out"
+    assert experiment.main(_args(cache, out)) == 0
+    return out
+
+
+def _same_results(out: Path, reference: Path) -> None:
+    """results.json's table and every run's results equal the sequential launcher's (wall times aside)."""
+    got, want = (json.loads((d / "results.json").read_text()) for d in (out, reference))
+    assert got["complete"] and got["table"] == want["table"]
+    assert [r["name"] for r in got["table"]["rows"]] == ["AP", "LPMN-8-4"]
+    untimed = lambda runs: {f: {n: {k: v for k, v in r.items() if k not in ("seconds", "run_dir")}  # noqa: E731
+                                for n, r in rows.items()} for f, rows in runs.items()}
+    assert untimed(got["runs"]) == untimed(want["runs"])
+    for file in ("fold-1/ap/metrics.json", "fold-2/lpmn-K8/metrics.json", f"{HELD}/metrics.json",
+                 f"{HELD}/probe-K4.json"):
+        a, b = (json.loads((d / file).read_text()) for d in (out, reference))
+        for key in ("valid", "test", "best_epoch"):
+            assert a[key] == b[key], (file, key)
+        if "history" in a:
+            strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+            assert strip(a["history"]) == strip(b["history"]), file
+
+
+def _wait_for(predicate, what: str, timeout: float = 240.0) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def _holding(out: Path) -> bool:
+    """The killed run holds mid-way, and every job that does not wait for it is done."""
+    record = read_records(out).get(HELD)
+    others = ("fold-1/ap/metrics.json", "fold-2/ap/metrics.json", "fold-2/lpmn-K8/probe-K4.json")
+    return (record is not None and Path(record["stderr"]).is_file() and "holding" in Path(record["stderr"]).read_text()
+            and all((out / f).is_file() for f in others))
+
+
+def _kill_resume_rerun(out: Path, args: list[str], reference: Path, kill, monkeypatch, capsys) -> None:
+    monkeypatch.setenv(HOLD_ENV, f"{HELD}:2")
+    first: dict = {}
+    thread = threading.Thread(target=lambda: first.update(rc=experiment.main(args)))
+    thread.start()
+    try:
+        _wait_for(lambda: _holding(out), f"{HELD} to hold mid-run")
+        running = read_records(out)
+        # a second launch of the same folder meanwhile: reports the running job, submits nothing
+        assert experiment.main(args + ["--no-wait"]) == 0
+        assert read_records(out) == running
+        assert f"{HELD}: running (" in capsys.readouterr().err
+        kill(running[HELD]["id"])
+    finally:
+        thread.join(timeout=300)
+    assert not thread.is_alive() and first["rc"] == 1  # the launch ended unfinished
+    run = out / HELD
+    assert (run / "checkpoints" / "last.json").is_file() and not (run / "metrics.json").exists()
+    killed = read_records(out)
+    monkeypatch.delenv(HOLD_ENV)
+
+    capsys.readouterr()
+    assert experiment.main(args) == 0  # the rerun: reports the failure, resubmits it, resumes
+    err = capsys.readouterr().err
+    assert f"{HELD}: failed (" in err and "5 of 7 jobs finished earlier" in err
+    after = read_records(out)
+    assert {k for k in after if after[k] != killed.get(k)} == {HELD, f"{HELD}/probes"}  # nothing else submitted
+    assert after[HELD]["attempt"] == 2
+    assert "LPMN-8: resuming its checkpoint" in Path(after[HELD]["stderr"]).read_text()
+    _same_results(out, reference)
+
+    assert experiment.main(args) == 0  # everything in: a third launch submits nothing
+    assert read_records(out) == after
+    _same_results(out, reference)
+    assert experiment.main(["--status", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "0 failed" in table and "7 done" in table and "LPMN-8-K'" in table
+
+
+def test_local_launcher_resumes_a_killed_run_and_equals_sequential(tmp_path, cache, sequential, monkeypatch, capsys):
+    args = _args(cache, tmp_path / "out") + ["--launcher", "local", "--max-parallel", "2", "--devices", "cpu",
+                                              "--poll-seconds", "1"]
+    _kill_resume_rerun(tmp_path / "out", args, sequential, lambda pid: os.kill(int(pid), signal.SIGINT),
+                       monkeypatch, capsys)
+
+
+def _require_slurm() -> None:
+    if slurm_answers():
+        return
+    reason = ("no SLURM controller answers here (sinfo); start a one-node SLURM on this machine with "
+              "`sudo bash scripts/slurm_up.sh` (stop it with scripts/slurm_down.sh)")
+    if os.environ.get("LPMN_REQUIRE_SLURM") == "1":
+        pytest.fail(f"LPMN_REQUIRE_SLURM=1 but {reason}")
+    pytest.skip(reason)
+
+
+def test_slurm_launcher_resumes_a_scancelled_run_and_equals_sequential(tmp_path, cache, sequential, monkeypatch,
+                                                                       capsys):
+    _require_slurm()
+    args = _args(cache, tmp_path / "out") + ["--launcher", "slurm", "--slurm-gpus-per-job", "0",
+                                              "--slurm-cpus-per-job", "1", "--slurm-time", "20", "--poll-seconds", "1"]
+    _kill_resume_rerun(tmp_path / "out", args, sequential,
+                       lambda job_id: subprocess.run(["scancel", job_id], check=True), monkeypatch, capsys)
+
+
+def test_one_job_never_runs_twice_at_once(tmp_path):
+    with JobLock(tmp_path / ".job.lock"):
+        with pytest.raises(RuntimeError, match="another worker runs this job now"):
+            with JobLock(tmp_path / ".job.lock"):
+                pass
+    with JobLock(tmp_path / ".job.lock"):  # released when the first ended
+        pass
+
+
+def test_job_states_from_files_records_and_scheduler(tmp_path):
+    done = tmp_path / "done.json"
+    done.write_text("{}")
+    specs = [JobSpec("features", "features", "features", outputs=(str(done),)),
+             JobSpec("a", "train", "AP", outputs=(str(tmp_path / "a.json"),), after="features"),
+             JobSpec("b", "train", "MP", outputs=(str(tmp_path / "b.json"),), after="features"),
+             JobSpec("c", "train", "LPMN-8", outputs=(str(tmp_path / "c.json"),), after="features"),
+             JobSpec("c/probes", "probe", "LPMN-8-K'", outputs=(str(tmp_path / "p.json"),), after="c")]
+    records = {"a": {"id": "11"}, "b": {"id": "12"}}
+    states = job_states(specs, records, {"11": "running"})
+    assert states == {"features": "done", "a": "running", "b": "failed", "c": "missing", "c/probes": "waiting"}
