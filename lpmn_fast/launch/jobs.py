@@ -54,19 +54,19 @@ def grid_jobs(plan) -> list[JobSpec]:
     the trainings in lpmn_fast.experiment.training_runs' order, each LPMN-K followed by its probes."""
     from ..experiment import _run_key, training_runs
 
-    jobs = [JobSpec("features", "features", "features", outputs=(str(features_marker(plan.out)),))]
+    jobs = [JobSpec("features", "features", "features", outputs=(str(features_marker(plan.out).absolute()),))]
     for seed in plan.seeds:
         for fold in plan.folds:
             for name, config in training_runs(plan, fold, seed):
-                key = f"{_run_key(plan, fold, seed)}/{Path(config.run_dir).name}"
+                run_dir = Path(config.run_dir).absolute()  # --status may look from another folder
+                key = f"{_run_key(plan, fold, seed)}/{run_dir.name}"
                 k = config.num_prototypes if config.head == "lpmn" else None
-                jobs.append(JobSpec(key, "train", name, seed, fold, config.head, k, config.run_dir,
-                                    (str(Path(config.run_dir) / "metrics.json"),), after="features"))
+                jobs.append(JobSpec(key, "train", name, seed, fold, config.head, k, str(run_dir),
+                                    (str(run_dir / "metrics.json"),), after="features"))
                 probes = [kp for kp in plan.k_primes if k is not None and kp <= k] if "lpmn-ps" in plan.rows else []
                 if probes:
                     jobs.append(JobSpec(f"{key}/probes", "probe", f"LPMN-{k}-K'", seed, fold, "lpmn", k,
-                                        config.run_dir,
-                                        tuple(str(Path(config.run_dir) / f"probe-K{kp}.json") for kp in probes),
+                                        str(run_dir), tuple(str(run_dir / f"probe-K{kp}.json") for kp in probes),
                                         after=key))
     return jobs
 
