@@ -177,7 +177,8 @@ class Launch:
             if not free:
                 return
             device = min(free, key=busy.count)
-            job = self.backend.submit_one(RunJob(self.plan, spec, device), device)
+            # the worker sees only its GPU (CUDA_VISIBLE_DEVICES), as cuda:0
+            job = self.backend.submit_one(RunJob(self.plan, spec, "cpu" if device == "cpu" else "cuda:0"), device)
             self._record(spec, job, records, states, "running", device)
             self.log(f"[{spec.key}] started: worker process {job.job_id} on {device}")
 
