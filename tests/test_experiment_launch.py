@@ -2,8 +2,10 @@
 one epoch; 7 jobs: the feature cache, 4 trainings, 2 probe jobs after their LPMN-8).
 
 Each launcher, for real (worker processes started by submitit; jobs on the one-node SLURM that
-scripts/slurm_up.sh starts): a run killed mid-way (scancel; SIGINT for a local worker, as submitit's
-cancel sends) makes the launch end unfinished; a second launch while it ran submitted nothing; the
+scripts/slurm_up.sh starts): a run preempted mid-way (SIGUSR2, which SLURM sends before a time limit;
+`scancel --signal=USR2`) is requeued by submitit's checkpointing hook and resumes its checkpoint within
+the launch; a run killed mid-way (scancel; SIGINT for a local worker, as submitit's cancel sends) makes
+the launch end unfinished; a second launch while it ran submitted nothing; the
 rerun resubmits only the killed run and its probes, the run resumes its checkpoint, and the results
 equal the sequential launcher's; a third launch submits nothing. The SLURM test is skipped when no SLURM
 answers here, and fails instead when LPMN_REQUIRE_SLURM=1 (CI).
@@ -22,11 +24,15 @@ from pathlib import Path
 import pytest
 
 import lpmn_fast.experiment as experiment
-from lpmn_fast.launch.backends import slurm_answers
-from lpmn_fast.launch.engine import job_states, read_records
-from lpmn_fast.launch.jobs import HOLD_ENV, JobLock, JobSpec
+
+pytest.importorskip("submitit", reason="submitit (a dependency since the launchers) is not installed: rerun "
+                                       "scripts/setup.sh")
+from lpmn_fast.launch.backends import slurm_answers  # noqa: E402
+from lpmn_fast.launch.engine import job_states, read_records  # noqa: E402
+from lpmn_fast.launch.jobs import HOLD_ENV, JobLock, JobSpec  # noqa: E402
 
 HELD = "fold-1/lpmn-K8"  # the run killed mid-way: two of its four steps done, a checkpoint after step 2
+PREEMPTED = "fold-2/lpmn-K8"  # the run preempted mid-way (SIGUSR2, as SLURM signals before a time limit)
 
 
 def _args(cache: Path, out: Path) -> list[str]:
@@ -74,22 +80,29 @@ def _wait_for(predicate, what: str, timeout: float = 240.0) -> None:
         time.sleep(0.5)
 
 
-def _holding(out: Path) -> bool:
-    """The killed run holds mid-way, and every job that does not wait for it is done."""
-    record = read_records(out).get(HELD)
-    others = ("fold-1/ap/metrics.json", "fold-2/ap/metrics.json", "fold-2/lpmn-K8/probe-K4.json")
-    return (record is not None and Path(record["stderr"]).is_file() and "holding" in Path(record["stderr"]).read_text()
-            and all((out / f).is_file() for f in others))
+def _holding(out: Path, key: str) -> bool:
+    record = read_records(out).get(key)
+    return record is not None and Path(record["stderr"]).is_file() and "holding" in Path(record["stderr"]).read_text()
 
 
-def _kill_resume_rerun(out: Path, args: list[str], reference: Path, kill, monkeypatch, capsys) -> None:
-    monkeypatch.setenv(HOLD_ENV, f"{HELD}:2")
+def _others_done(out: Path) -> bool:
+    """Every job that does not wait for HELD is done (the preempted run and its probes included)."""
+    others = ("fold-1/ap/metrics.json", "fold-2/ap/metrics.json", f"{PREEMPTED}/probe-K4.json")
+    return all((out / f).is_file() for f in others)
+
+
+def _kill_resume_rerun(out: Path, args: list[str], reference: Path, kill, preempt, monkeypatch, capsys) -> None:
+    monkeypatch.setenv(HOLD_ENV, f"{HELD}:2,{PREEMPTED}:2")
     first: dict = {}
     thread = threading.Thread(target=lambda: first.update(rc=experiment.main(args)))
     thread.start()
     try:
-        _wait_for(lambda: _holding(out), f"{HELD} to hold mid-run")
+        _wait_for(lambda: _holding(out, PREEMPTED), f"{PREEMPTED} to hold mid-run")
+        preempt(read_records(out)[PREEMPTED]["id"])  # submitit's hook requeues it; it resumes, same job id
+        _wait_for(lambda: _holding(out, HELD) and _others_done(out), f"{HELD} to hold, the rest to finish")
         running = read_records(out)
+        assert running[PREEMPTED]["attempt"] == 1
+        assert "LPMN-8: resuming its checkpoint" in Path(running[PREEMPTED]["stderr"]).read_text()
         # a second launch of the same folder meanwhile: reports the running job, submits nothing
         assert experiment.main(args + ["--no-wait"]) == 0
         assert read_records(out) == running
@@ -121,11 +134,19 @@ def _kill_resume_rerun(out: Path, args: list[str], reference: Path, kill, monkey
     assert "0 failed" in table and "7 done" in table and "LPMN-8-K'" in table
 
 
-def test_local_launcher_resumes_a_killed_run_and_equals_sequential(tmp_path, cache, sequential, monkeypatch, capsys):
+def _preempt_local(pid: str) -> None:
+    """SIGUSR2 to the worker (the controller's child), as submitit's local controller signals before its timeout."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    os.kill(int(children[0]), signal.SIGUSR2)
+
+
+def test_local_launcher_resumes_killed_and_preempted_runs_and_equals_sequential(tmp_path, cache, sequential,
+                                                                                monkeypatch, capsys):
     args = _args(cache, tmp_path / "out") + ["--launcher", "local", "--max-parallel", "2", "--devices", "cpu",
                                               "--poll-seconds", "1"]
     _kill_resume_rerun(tmp_path / "out", args, sequential, lambda pid: os.kill(int(pid), signal.SIGINT),
-                       monkeypatch, capsys)
+                       _preempt_local, monkeypatch, capsys)
 
 
 def _require_slurm() -> None:
@@ -138,13 +159,15 @@ def _require_slurm() -> None:
     pytest.skip(reason)
 
 
-def test_slurm_launcher_resumes_a_scancelled_run_and_equals_sequential(tmp_path, cache, sequential, monkeypatch,
-                                                                       capsys):
+def test_slurm_launcher_resumes_scancelled_and_preempted_runs_and_equals_sequential(tmp_path, cache, sequential,
+                                                                                    monkeypatch, capsys):
     _require_slurm()
     args = _args(cache, tmp_path / "out") + ["--launcher", "slurm", "--slurm-gpus-per-job", "0",
                                               "--slurm-cpus-per-job", "1", "--slurm-time", "20", "--poll-seconds", "1"]
     _kill_resume_rerun(tmp_path / "out", args, sequential,
-                       lambda job_id: subprocess.run(["scancel", job_id], check=True), monkeypatch, capsys)
+                       lambda job_id: subprocess.run(["scancel", job_id], check=True),
+                       lambda job_id: subprocess.run(["scancel", "--signal=USR2", job_id], check=True),
+                       monkeypatch, capsys)
 
 
 def test_one_job_never_runs_twice_at_once(tmp_path):

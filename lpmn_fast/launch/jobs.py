@@ -20,8 +20,9 @@ from pathlib import Path
 from submitit.helpers import Checkpointable
 
 STATE = ".launch"  # OUT/.launch/: the launcher's records (jobs.json, plan.json, lock, submitit folders)
-# Test hook: "<job key>:<steps>" makes that job, on its first attempt, train <steps> optimizer steps (keeping
-# the periodic checkpoints) and then wait until it is killed, so that a test can scancel a run mid-way.
+# Test hook: "<job key>:<steps>[,<job key>:<steps>...]" makes those jobs, on a first attempt (no checkpoint
+# yet), train <steps> optimizer steps (keeping the periodic checkpoints) and then wait until they are killed
+# or preempted, so that a test can scancel or preempt a run mid-way.
 HOLD_ENV = "LPMN_LAUNCH_TEST_HOLD"
 
 
@@ -141,10 +142,10 @@ class RunJob(Checkpointable):
         from ..experiment import Driver
 
         config = self._config()
-        hold = os.environ.get(HOLD_ENV, "")
-        held = hold.rpartition(":")[0] == self.spec.key and not config.resume
+        holds = dict(h.rpartition(":")[::2] for h in os.environ.get(HOLD_ENV, "").split(",") if h)
+        held = self.spec.key in holds and not config.resume
         if held:
-            config = dataclasses.replace(config, stop_after_steps=int(hold.rpartition(":")[2]))
+            config = dataclasses.replace(config, stop_after_steps=int(holds[self.spec.key]))
         results = Driver(self.plan, None, _log)._train(f"[{self.spec.key}]", self.spec.row, config)
         if held:
             _log(f"[{self.spec.key}] {HOLD_ENV}: holding after step {config.stop_after_steps} until killed")
