@@ -3,7 +3,8 @@
 #   bash scripts/slurm_up.sh     # as root; idempotent: a running controller and node are left as they are
 # Installs Debian's slurm-wlm and munge if missing, writes /etc/slurm/slurm.conf for this host (its cores,
 # no GPUs, no accounting database, proctrack/linuxproc), starts munged, slurmctld and slurmd, and waits
-# until sinfo shows the node idle. scripts/slurm_down.sh stops them.
+# until sinfo shows the node idle. scripts/slurm_down.sh stops them. For quick tests: a requeued job may
+# start again after 10 s (cred_expire; default 120 s), and scancel kills after 5 s (KillWait; default 30 s).
 set -euo pipefail
 say() { echo "slurm_up: $*"; }
 if [ "$(id -u)" != 0 ]; then echo "slurm_up: must run as root (it installs packages and starts daemons)" >&2; exit 2; fi
@@ -40,6 +41,7 @@ SlurmctldHost=$host
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/backfill
