@@ -235,10 +235,22 @@ def launch(plan, driver, log) -> bool | None:
         time.sleep(plan.launch["poll_seconds"])
     if all(v == "done" for v in states.values()):
         log(f"all {len(specs)} jobs done in {_clock(time.time() - started)}; writing the results")
-        return driver.run()
+        return write_results(driver)
     _report(specs, states, read_records(plan.out), log, only=("failed", "waiting", "missing"))
     log("some jobs did not finish; rerun the same command to resubmit them (they resume their checkpoints)")
     return None
+
+
+def write_results(driver) -> bool:
+    """results.json and results.md as the sequential launcher writes them: ``driver`` (Driver) reads every
+    finished run back; written once, at the end (Driver.run also writes after each run, for a grid that
+    trains as it goes)."""
+    final = driver.write
+    driver.write = lambda complete: final(complete) if complete else None
+    try:
+        return driver.run()
+    finally:
+        del driver.write
 
 
 def _report(specs, states, records, log, only=("running", "pending", "failed", "missing", "waiting")) -> None:
