@@ -34,6 +34,7 @@ from pathlib import Path
 from .cli import add_version, readable_warnings
 from .data.atomic import write_text_atomic
 from .data.problems import CorpusError
+from .launch.options import LAUNCH_FIELDS, add_launcher_arguments
 from .protocol import fold_ids
 from .protocol.table import HEADERS, build_seed_table, build_table, format_markdown, table_columns
 from .provenance import describe, provenance
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--config", type=Path, help="YAML or JSON file of training config fields; flags override it")
     add_version(parser)
     add_config_flags(parser, skip=PER_RUN, prefix="training (as lpmn-train): ")
+    add_launcher_arguments(parser.add_argument_group("launcher (where the runs go: this process, worker processes, "
+                                                     "SLURM; see docs/cluster.md)"))
     return parser
 
 
@@ -122,6 +125,7 @@ class Plan:
     folds: list[int]
     out: Path
     seeds: list[int] = dataclasses.field(default_factory=list)
+    launch: dict = dataclasses.field(default_factory=dict)  # the launcher flags (lpmn_fast.launch.options)
 
     @property
     def several_seeds(self) -> bool:
@@ -132,6 +136,7 @@ def make_plan(argv: list[str] | None = None) -> tuple[Plan, Corpus]:
     """The plan of the command line ``argv`` and the loaded corpus (checked once, up front)."""
     args = vars(build_parser().parse_args(argv))
     experiment = {k: args.pop(k) for k in ("out", "rows", "k", "k_prime", "fold", "seeds", "config")}
+    launch = {k: args.pop(k) for k in LAUNCH_FIELDS}
     fields = load_config_file(experiment["config"]) if experiment["config"] else {}
     fields.update(args)
     per_run = sorted(set(fields) & set(PER_RUN))
@@ -151,7 +156,7 @@ def make_plan(argv: list[str] | None = None) -> tuple[Plan, Corpus]:
     if missing:
         raise ValueError(f"folds {missing} do not exist; split {base.split!r} of this corpus has folds {folds}")
     return Plan(base, experiment["rows"], ks, k_primes, sorted(chosen), Path(out),
-                experiment["seeds"] or [base.seed]), corpus
+                experiment["seeds"] or [base.seed], launch), corpus
 
 
 def _run_key(plan: Plan, fold: int, seed: int) -> str:
@@ -169,6 +174,15 @@ def _run_config(plan: Plan, fold: int, head: str, k: int | None = None, seed: in
         # The driver probes every K' itself from the best checkpoint: no probe inside train().
         fields.update(num_prototypes=k, top_k=k, probe_epochs=0)
     return resolve(make_config(**fields))
+
+
+def training_runs(plan: Plan, fold: int, seed: int) -> list[tuple[str, TrainConfig]]:
+    """(row name, config) of every training of one fold and seed, in the order they run; the LPMN-K
+    runs are trained for the lpmn-ps rows too, whose K' probes read them."""
+    runs = [(r.upper(), _run_config(plan, fold, r, seed=seed)) for r in ("ap", "mp") if r in plan.rows]
+    if "lpmn" in plan.rows or "lpmn-ps" in plan.rows:
+        runs += [(f"LPMN-{k}", _run_config(plan, fold, "lpmn", k, seed)) for k in plan.ks]
+    return runs
 
 
 def _check_same(saved: dict, current: dict, where: Path) -> None:
@@ -259,10 +273,7 @@ class Driver:
             tag = (f"[seed {seed}, fold {fold} ({i}/{len(todo)})]" if plan.several_seeds
                    else f"[fold {fold} ({i}/{len(plan.folds)})]")
             started = time.perf_counter()
-            jobs = [(r.upper(), _run_config(plan, fold, r, seed=seed)) for r in ("ap", "mp") if r in plan.rows]
-            if "lpmn" in plan.rows or "lpmn-ps" in plan.rows:
-                jobs += [(f"LPMN-{k}", _run_config(plan, fold, "lpmn", k, seed)) for k in plan.ks]
-            for name, config in jobs:
+            for name, config in training_runs(plan, fold, seed):
                 results = self._train(tag, name, config)
                 if results is None:
                     self.write(complete=False)
@@ -343,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     started = time.perf_counter()
+    status_of = build_parser().parse_args(argv).status
+    if status_of is not None:
+        from .launch import print_status
+        return print_status(status_of)
     try:
         plan, corpus = make_plan(argv)
     except (ValueError, FileNotFoundError, CorpusError) as error:
@@ -357,7 +372,13 @@ def _main(argv: list[str] | None) -> int:
         + (f", seeds {plan.seeds}" if plan.several_seeds else "") + f" -> {plan.out}")
     driver = Driver(plan, corpus, log)
     try:
-        complete = driver.run()
+        if plan.launch["launcher"] != "sequential":
+            from .launch import launch
+            complete = launch(plan, driver, log)
+            if complete is None:  # submitted without waiting, or a run failed: no results yet
+                return 0 if plan.launch["no_wait"] else 1
+        else:
+            complete = driver.run()
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"lpmn-experiment: error: {error}", file=sys.stderr)
         return 2
