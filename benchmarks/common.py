@@ -17,7 +17,8 @@ import torch
 import torch._dynamo
 
 from lpmn_fast import prototype_mil
-from lpmn_fast.ops.reference import prototype_mil_reference
+from lpmn_fast.ops.output import PrototypeMILOutput
+from lpmn_fast.ops.reference import _unit_vectors, first_argmax, frame_mask, prototype_mil_reference
 from lpmn_fast.ops.validation import validate_inputs
 
 from .cases import COMPILE_MODES, DTYPES, Case
@@ -144,6 +145,24 @@ def timed_call(fn, *args) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def _similarities(x, prototypes, lengths):
+    """The reference's first half (for :meth:`Providers._full_pass_fallback`): cos (B, T, K), valid
+    (B, T) and the factors of eq. (4)'s closed form, weight (B, T, K) and 1 / |p|^2 (K,)."""
+    valid = frame_mask(lengths, x.shape[1])
+    xh, ph, p_norm = _unit_vectors(x, prototypes, valid)
+    cos = xh @ ph.T
+    weight = ((xh.detach() ** 2).sum(dim=-1, keepdim=True) - cos.detach() ** 2) * valid[..., None]
+    return cos, valid, weight, p_norm.detach() ** -2
+
+
+def _pooled(cos, valid, tau, out_dtype: torch.dtype):
+    """The reference's second half: softmax over K, max over valid frames, nearest prototypes."""
+    s = torch.softmax(cos / tau, dim=-1)
+    pooled, frame_index = s.masked_fill(~valid[..., None], -1.0).max(dim=1)
+    nearest = first_argmax(cos.detach(), dim=-1).masked_fill(~valid, -1)
+    return pooled.to(out_dtype), frame_index, nearest
+
+
 class Providers:
     """The op as each provider runs it, built once per session.
 
@@ -157,6 +176,8 @@ class Providers:
         self._triton_reason: str | None | bool = False  # False: not probed yet
         self._compiled: dict[str, object] = {}
         self._compile_mode: str | None = None
+        # compile provider -> why the reference's own full pass failed to compile (then the fallback runs)
+        self.full_pass_fallback: dict[str, str] = {}
         cfg = torch._dynamo.config
         # Every shape of a sweep is a recompile; the default limit (8) would fall back to eager silently.
         limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
@@ -202,10 +223,50 @@ class Providers:
 
             def run(x, p, lengths, fisher):
                 lengths = validate_inputs(x, p, lengths, TAU, fisher, "torch", False)
-                return compiled(x, p, lengths, TAU, fisher)
+                if fisher is not None and provider in self.full_pass_fallback:
+                    return self._full_pass_fallback(provider)(x, p, lengths, fisher)
+                try:
+                    return compiled(x, p, lengths, TAU, fisher)
+                except Exception as error:  # noqa: BLE001 - the compiler's errors have many types
+                    if fisher is None or not x.requires_grad:
+                        raise
+                    # torch 2.11's Inductor rejects the reference's Fisher hook on an intermediate
+                    # ("Argument 'p_norm' ... used before it has been defined"); 2.13 accepts it.
+                    self.full_pass_fallback[provider] = f"{type(error).__name__}: {error}"[:200]
+                    return self._full_pass_fallback(provider)(x, p, lengths, fisher)
 
             return run
         raise ValueError(f"unknown provider {provider!r}")
+
+    def _full_pass_fallback(self, provider: str):
+        """The full pass compiled the way older torch accepts: the reference in two compiled halves
+        (similarities; softmax and maxima), each with its backward compiled, and eq. (4)'s Fisher
+        reduction as a hook on the similarities between them (eager, a few ops), where the
+        reference registers it inside its one graph. Raises NotImplementedError, which skips the
+        case with the reason, when this fails too."""
+        key = f"{provider}-fallback"
+        if key not in self._compiled:
+            mode = COMPILE_MODES[provider]
+            self._compiled[key] = (torch.compile(_similarities, mode=mode, dynamic=False),
+                                   torch.compile(_pooled, mode=mode, dynamic=False))
+        first, second = self._compiled[key]
+
+        def run(x, p, lengths, fisher):
+            try:
+                cos, valid, weight, inv_p_sq = first(x, p, lengths)
+                if cos.requires_grad:
+                    def hook(grad: torch.Tensor) -> None:
+                        fisher.add_(((grad.detach() ** 2 * weight).sum(dim=(0, 1)) * inv_p_sq).to(fisher.dtype))
+
+                    cos.register_hook(hook)
+                return PrototypeMILOutput(*second(cos, valid, TAU, x.dtype))
+            except Exception as error:  # noqa: BLE001
+                raise NotImplementedError(
+                    f"torch.compile of the full pass unavailable on torch {torch.__version__}: "
+                    f"{self.full_pass_fallback[provider]}; the hook-free formulation failed too: "
+                    f"{type(error).__name__}: {error}"[:400]) from error
+
+        return run
 
     def _compiled_reference(self, provider: str):
         mode = COMPILE_MODES[provider]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,38 @@ def test_plot_draws_the_model_dashed_beside_the_measurement(tmp_path, monkeypatc
     assert report.plot(_doc(records, device="NVIDIA H200"), tmp_path / "p.png")
     assert "triton (modelled, H200)" in labels and "eager (modelled, H200)" in labels
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+BLOCK_AUDIO = """
+import sys
+class Block:
+    # the GPU image has no soundfile; the op tests must not need torchaudio either
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("soundfile", "torchaudio"):
+            raise ImportError(f"{name} blocked: the op and kernel tests must not import audio libraries")
+sys.meta_path.insert(0, Block())
+import pytest
+code = pytest.main(["-q", "-p", "no:cacheprovider", "--collect-only", *sys.argv[1:]])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("soundfile", "torchaudio"))
+print("audio modules loaded:", loaded)
+sys.exit(code or bool(loaded))
+"""
+
+
+def test_gpu_tests_collect_without_audio_libraries():
+    # What the GPU stage runs (GPU_TESTS), collected with soundfile and torchaudio unimportable.
+    files = ["tests/test_triton_gpu.py", "tests/test_triton_op.py"]
+    result = subprocess.run([sys.executable, "-c", BLOCK_AUDIO, *files], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "audio modules loaded: []" in result.stdout
+    assert "tests collected" in result.stdout or "test collected" in result.stdout
+
+
+def test_script_checks_imports_and_ends_with_its_line():
+    text = SCRIPT.read_text()
+    # the import check runs before the first measuring stage, and the last line has the issue's form
+    assert text.index('stage "imports"') < text.index('stage "GPU tests"')
+    assert "tests {t[0]} passed, {t[1]} failed, {t[2]} errors; benchmarks {b[0]} passed" in text
+    for option in ("--prepare", "--rehearse"):
+        assert option in subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True).stdout

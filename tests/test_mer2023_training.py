@@ -79,7 +79,7 @@ def test_one_step_trains_both_heads(tmp_path, release, head):
     assert {"head.classifier.weight", "head.valence.linear.weight", "backbone.convs.0.weight"} <= changed
     assert result.mse is not None and result.mse > 0
     if head != "lpmn":  # no auxiliary loss: the objective is exactly CE + weight x MSE
-        assert result.loss == pytest.approx(result.ce + 2.5 * result.mse, rel=1e-5)
+        assert float(result.loss) == pytest.approx(float(result.ce + 2.5 * result.mse), rel=1e-5)
     else:
         assert result.loss > result.ce + 2.5 * result.mse  # plus the quantization loss, eq. (1)
 

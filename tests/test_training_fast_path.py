@@ -128,7 +128,7 @@ def test_two_micro_batches_of_32_step_like_one_batch_of_64(tmp_path):
     for _ in range(2):  # the second step starts from the first's Adam moments and idle record
         a = train_step(one, batch, opt_one)
         b = train_step(two, batch, opt_two, grad_accum=2)
-        assert b.loss == pytest.approx(a.loss, rel=1e-5) and b.ce == pytest.approx(a.ce, rel=1e-5)
+        assert float(b.loss) == pytest.approx(float(a.loss), rel=1e-5) and float(b.ce) == pytest.approx(float(a.ce), rel=1e-5)
     # float32 rounding of two partial sums against one: tolerances of a few ulps of the values
     for (name, p), q in zip(one.named_parameters(), two.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)

@@ -59,17 +59,18 @@ def run_op(x, p, lengths, tau, upstream, backend="triton", deterministic=None):
     return out, xi.grad, pi.grad, fisher
 
 
-def reference_given_winners(x, p, lengths, tau, frame_index, upstream):
-    """float64 s, cos (B, T, K), pooled, dx, dp and Fisher sum, with the max taken at ``frame_index``.
+def reference_given_winners(x, p, lengths, tau, frame_index, upstream, device="cpu"):
+    """float64 s, cos (B, T, K), pooled, dx, dp and Fisher sum, with the max taken at ``frame_index``,
+    computed on ``device`` (the GPU tests' paper-size batches: float64 on the GPU, not the host).
 
     Written out here (not the project's reference) so that a kernel's choice among near-tied frames
     gets the gradient of the frame it chose; `test_winner_reference_agrees_with_torch_backend` ties it
     to the torch backend.
     """
-    x = x.detach().double().cpu().requires_grad_(True)
-    p = p.detach().double().cpu().requires_grad_(True)
-    lengths, frame_index = lengths.cpu(), frame_index.cpu()
-    valid = torch.arange(x.shape[1]) < lengths[:, None]
+    x = x.detach().double().to(device).requires_grad_(True)
+    p = p.detach().double().to(device).requires_grad_(True)
+    lengths, frame_index = lengths.to(device), frame_index.to(device)
+    valid = torch.arange(x.shape[1], device=device) < lengths[:, None]
     xw = torch.where(valid[..., None], x, 0.0)
     xh = xw / xw.norm(dim=-1, keepdim=True).clamp_min(EPS)
     p_norm = p.norm(dim=-1).clamp_min(EPS)
@@ -77,7 +78,7 @@ def reference_given_winners(x, p, lengths, tau, frame_index, upstream):
     cos.retain_grad()
     s = torch.softmax(cos / tau, dim=-1)
     pooled = s.gather(1, frame_index[:, None, :]).squeeze(1)
-    pooled.backward(upstream.double().cpu())
+    pooled.backward(upstream.double().to(device))
     dcos = cos.grad
     weight = ((xh.detach() ** 2).sum(-1, keepdim=True) - cos.detach() ** 2) * valid[..., None]
     fisher = (dcos**2 * weight).sum(dim=(0, 1)) / p_norm.detach() ** 2

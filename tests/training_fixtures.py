@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import torch
 
 from lpmn_fast.data.corpus import IEMOCAP_CLASSES, Utterance
@@ -74,6 +73,8 @@ def save_tiny_encoder(directory: Path, family: str = "hubert", stable_layer_norm
 def write_tiny_corpus(root: Path, sessions: int = 3, per_speaker: int = 4, seed: int = 0) -> Corpus:
     """sessions x 2 speakers x per_speaker short WAVs (0.4-0.8 s, 16 kHz), labels cycling through
     the four classes; each class a different tone so there is something to learn."""
+    import soundfile  # here, not at import: the op tests collect without it
+
     rng = np.random.default_rng(seed)
     utterances = []
     for s in range(1, sessions + 1):
@@ -99,6 +100,8 @@ def write_fake_iemocap(root: Path, sessions: int = 3, per_speaker: int = 4, seed
     (with the evaluator lines around them and an xxx and a fru utterance that the 4-class set drops)
     and SessionN/sentences/wav/<dialog>/<utt>.wav tones (one pitch per class). Per speaker,
     ``per_speaker`` kept utterances whose labels cycle through neu, hap, ang, sad, exc."""
+    import soundfile  # here, not at import: the op tests collect without it
+
     rng = np.random.default_rng(seed)
     codes = ("neu", "hap", "ang", "sad", "exc")
     index = {"neu": 0, "hap": 1, "exc": 1, "ang": 2, "sad": 3}
@@ -125,6 +128,8 @@ def write_fake_mer2023(root: Path, per_class: int = 6, seed: int = 0) -> tuple[P
     """A MER2023-style release: train-label.csv (name, discrete in the release's spellings, valence)
     and wav/<name>.wav tones, one pitch per class; valence depends on the class plus noise.
     Returns (label CSV, WAV folder)."""
+    import soundfile  # here, not at import: the op tests collect without it
+
     rng = np.random.default_rng(seed)
     spellings = ("neutral", "angry", "happy", "sad", "worried", "surprise")  # the six MER2023 classes
     class_valence = (0.0, -2.5, 2.5, -2.0, -1.0, 1.0)

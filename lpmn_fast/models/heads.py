@@ -95,9 +95,11 @@ class LPMNHead(nn.Module):
         if self.training and self.quant_weight > 0:
             aux = self.quant_weight * self.mil.quantization_loss(x, lengths, out.nearest)
         if self.training and torch.is_grad_enabled():
-            used = torch.zeros_like(self.idle_steps, dtype=torch.bool)
-            used[out.nearest[out.nearest >= 0]] = True
-            self.idle_steps.add_(1).masked_fill_(used, 0)
+            # a scatter into K + 1 slots (padding's -1 lands in slot 0): no boolean indexing, whose
+            # output size would need a device-to-host copy on CUDA every step
+            used = torch.zeros(self.idle_steps.numel() + 1, dtype=torch.bool, device=self.idle_steps.device)
+            used[out.nearest.flatten() + 1] = True
+            self.idle_steps.add_(1).masked_fill_(used[1:], 0)
         return HeadOutput(self.classifier(out.pooled), aux, out.nearest, _regress(self.valence, out.pooled))
 
     @torch.no_grad()
@@ -105,13 +107,17 @@ class LPMNHead(nn.Module):
         """Re-seed prototypes idle for ``patience`` steps or more with random ``frames`` (N, C).
 
         Dead codes are a known VQ failure: a prototype that is never nearest gets no
-        quantization-loss gradient and stays dead. Returns the restarted indices (int64).
+        quantization-loss gradient and stays dead. Returns the restarted prototypes as a (K,) bool
+        mask. Every prototype draws a frame and the dead ones take it (torch.where): no host
+        synchronisation, so the check can run every training step on a GPU.
         """
-        dead = torch.nonzero(self.idle_steps >= patience).flatten()
-        if dead.numel() and frames.shape[0]:
-            pick = torch.randint(frames.shape[0], (dead.numel(),), generator=generator, device=generator.device)
-            self.mil.prototypes[dead] = frames[pick.to(frames.device)].to(self.mil.prototypes.dtype)
-            self.idle_steps[dead] = 0
+        dead = self.idle_steps >= patience
+        if frames.shape[0]:
+            K = self.idle_steps.numel()
+            pick = torch.randint(frames.shape[0], (K,), generator=generator, device=generator.device)
+            fresh = frames[pick.to(frames.device)].to(self.mil.prototypes.dtype)
+            self.mil.prototypes.copy_(torch.where(dead[:, None], fresh, self.mil.prototypes))
+            self.idle_steps.masked_fill_(dead, 0)
         return dead
 
 

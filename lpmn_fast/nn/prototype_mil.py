@@ -130,20 +130,20 @@ class PrototypeMIL(nn.Module):
         per-utterance log-likelihood gradients; dividing by the number of valid frames gives
         eq. (4)'s 1/(B*T) average. Returns this step's estimate (K,) and resets the accumulator.
         """
-        if float(self.fisher_frames) == 0:
-            raise RuntimeError(
-                "no squared gradients accumulated: call update_fisher after loss.backward() on a "
-                "forward made in training mode with gradients enabled"
-            )
+        # Tensor arithmetic throughout, no float()/int() of a buffer: this runs every training step
+        # and must not wait for the GPU. The empty-accumulator check is a device-side assert.
+        torch._assert_async(self.fisher_frames > 0, "no squared gradients accumulated: call update_fisher after "
+                            "loss.backward() on a forward made in training mode with gradients enabled")
         if loss_scale is None:
-            loss_scale = 1.0 / float(self.fisher_utterances)
-        if not loss_scale > 0:
-            raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
-        estimate = self.fisher_grad_sq / (loss_scale**2 * float(self.fisher_frames))
-        if int(self.fisher_updates) == 0:
-            self.fisher_importance.copy_(estimate)
+            # the batch-mean default 1/B: divide by (1/B)**2, i.e. multiply by B**2
+            scale = self.fisher_utterances.square() / self.fisher_frames
         else:
-            self.fisher_importance.mul_(self.fisher_momentum).add_(estimate, alpha=1.0 - self.fisher_momentum)
+            if not loss_scale > 0:
+                raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
+            scale = 1.0 / (loss_scale**2 * self.fisher_frames)
+        estimate = self.fisher_grad_sq * scale.to(self.fisher_grad_sq.dtype)
+        ema = self.fisher_importance * self.fisher_momentum + estimate * (1.0 - self.fisher_momentum)
+        self.fisher_importance.copy_(torch.where(self.fisher_updates == 0, estimate, ema))
         self.fisher_updates += 1
         self.fisher_grad_sq.zero_()
         self.fisher_utterances.zero_()
@@ -167,14 +167,18 @@ class PrototypeMIL(nn.Module):
             raise ValueError(f"nearest must have shape (B, T) = {tuple(x.shape[:2])}, got {tuple(nearest.shape)}")
         valid = nearest >= 0
         if lengths is not None:
-            expected = frame_mask(lengths, x.shape[1])
-            if not torch.equal(valid, expected):
-                raise ValueError("nearest does not match lengths: pass the nearest returned for these lengths")
+            # a device-side assert (torch.equal or boolean indexing would wait for the GPU every step)
+            torch._assert_async(torch.all(valid == frame_mask(lengths, x.shape[1])),
+                                "nearest does not match lengths: pass the nearest returned for these lengths")
         work = compute_dtype(x.dtype)
-        frames = F.normalize(x[valid].to(work), dim=-1, eps=EPS)  # (N, C)
-        assigned = F.normalize(self.prototypes[nearest[valid]].to(work), dim=-1, eps=EPS)
-        codebook = (frames.detach() - assigned).pow(2).sum(-1).mean()
-        commit = (frames - assigned.detach()).pow(2).sum(-1).mean()
+        # every frame (B, T, C), padding weighted 0: the same mean over valid frames with no
+        # data-dependent shape
+        weight = valid.to(work)
+        frames = F.normalize(x.to(work), dim=-1, eps=EPS)
+        assigned = F.normalize(self.prototypes[nearest.clamp_min(0)].to(work), dim=-1, eps=EPS)
+        count = weight.sum()
+        codebook = ((frames.detach() - assigned).pow(2).sum(-1) * weight).sum() / count
+        commit = ((frames - assigned.detach()).pow(2).sum(-1) * weight).sum() / count
         return codebook + commitment * commit
 
     def select_top(self, k_prime: int) -> torch.Tensor:

@@ -150,7 +150,7 @@ class Distributed:
             return result
         s, head = self._share, _lpmn_head(model)
         losses = [result.loss, result.ce] + ([result.mse] if result.mse is not None else [])
-        totals = torch.tensor(losses, dtype=torch.float64, device=self.device) * s.weight
+        totals = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in losses]) * s.weight
         dist.all_reduce(totals)
         update = {"loss": float(totals[0]), "ce": float(totals[1])}
         if len(losses) == 3:

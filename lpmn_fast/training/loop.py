@@ -45,6 +45,8 @@ from .probe import linear_probe
 from .steps import evaluate, init_codebook, lpmn_layer, padded_frames, restart_dead_prototypes, train_step
 
 log = logging.getLogger(__name__)
+# the progress bar shows the loss every this many steps: reading it waits for the GPU
+PROGRESS_EVERY = 25
 
 
 def _dump(path: Path, data: dict) -> None:
@@ -158,6 +160,15 @@ def _train(c: TrainConfig, precision: Precision) -> dict:
                         {"config": cfg, "run": run, **extra}, run["step"])
 
     # ---- loop -----------------------------------------------------------------------------
+    # Per-step sums kept as device tensors and folded into `run` (plain numbers, checkpointed) at
+    # checkpoints and epoch ends: the steady-state step has no host synchronisation.
+    pending = {"epoch_loss": 0.0, "epoch_ce": 0.0, "restarts": 0}
+
+    def settle() -> None:
+        for key, value in pending.items():
+            run[key] += int(value) if key == "restarts" else float(value)
+            pending[key] = 0
+
     sizes = feature_sizes(sets["train"].features)  # bucketing key (frames per utterance)
     max_frames = None if c.max_seconds is None else max(1, round(c.max_seconds * 1000 / FRAME_SHIFT_MS))
     step_batch = c.batch_size * c.grad_accum  # utterances per optimizer step
@@ -185,14 +196,19 @@ def _train(c: TrainConfig, precision: Precision) -> dict:
                                    c.dead_patience)
             run["step"] += 1
             run["step_in_epoch"] += 1
-            run["epoch_loss"] += result.loss
-            run["epoch_ce"] += result.ce
+            # on the device until read (settle): a float() here would wait for the GPU every step
+            pending["epoch_loss"] = pending["epoch_loss"] + result.loss
+            pending["epoch_ce"] = pending["epoch_ce"] + result.ce
             generator = torch.Generator(device=device).manual_seed(c.seed * 1_000_003 + run["step"])
-            run["restarts"] += restart_dead_prototypes(model, optimizer, result, c.dead_patience, generator)
-            bar.set_postfix(loss=f"{result.loss:.3f}")
+            pending["restarts"] = pending["restarts"] + restart_dead_prototypes(model, optimizer, result,
+                                                                                c.dead_patience, generator)
+            if not bar.disable and run["step"] % PROGRESS_EVERY == 0:
+                bar.set_postfix(loss=f"{float(result.loss):.3f}")
             if run["step"] % c.checkpoint_every == 0:
+                settle()
                 checkpoint()
             if c.stop_after_steps is not None and run["step"] >= c.stop_after_steps:
+                settle()
                 bar.close()  # abruptly, as a kill would: no checkpoint beyond the periodic ones
                 logs.close()
                 if dist.is_main:
@@ -201,6 +217,7 @@ def _train(c: TrainConfig, precision: Precision) -> dict:
                 return {"interrupted": True, "step": run["step"], "epoch": epoch, "run_dir": str(run_dir),
                         "rank": dist.rank}
 
+        settle()
         with precision.autocast():
             valid = evaluate(model, sets["valid"], classes, c.batch_size, device)
         padded_total = run["epoch_frames"] + run["epoch_padded"]

@@ -27,11 +27,14 @@ class LabelledSet(NamedTuple):
 
 
 class StepResult(NamedTuple):
-    loss: float
-    ce: float
+    """loss, ce and mse are detached 0-d tensors on the model's device (float() reads one; the
+    training loop reads them every N steps, not every step, so a GPU step never waits for the host)."""
+
+    loss: torch.Tensor
+    ce: torch.Tensor
     frames: torch.Tensor  # (B, T, C) detached backbone frames, for dead-prototype restarts
     lengths: torch.Tensor
-    mse: float | None = None  # valence MSE of the batch, heads with a valence regressor only
+    mse: torch.Tensor | None = None  # valence MSE of the batch, heads with a valence regressor only
 
 
 def valence_loss(model: torch.nn.Module, out, batch: Batch) -> torch.Tensor | None:
@@ -88,7 +91,7 @@ def train_step(model: torch.nn.Module, batch: Batch, optimizer: torch.optim.Opti
                 loss = loss + unwrap(model).head.valence.loss_weight * mse
         _backward(loss, scaler)
         frames, lengths = out.frames.detach(), batch.lengths
-        loss_value, ce_value, mse_value = loss.item(), ce.item(), None if mse is None else mse.item()
+        loss_value, ce_value, mse_value = loss.detach(), ce.detach(), None if mse is None else mse.detach()
     else:
         loss_value, ce_value, mse_value, frames, lengths = _accumulate(model, batch, micro, autocast, scaler)
     _optimizer_step(model, optimizer, fisher_sync, scaler, max_grad_norm)
@@ -150,11 +153,11 @@ def _accumulate(model, batch: Batch, micro: list[Batch], autocast, scaler):
         _backward(loss, scaler)
         if used is not None:
             used |= idle == 0  # idle was >= 0 before this forward: 0 now means used by this micro-batch
-        loss_value += loss.item()
-        ce_value += share * ce.item()
+        loss_value = loss_value + loss.detach()
+        ce_value = ce_value + share * ce.detach()
         if mse is not None:
             has_mse = True
-            mse_value += share * mse.item()
+            mse_value = mse_value + share * mse.detach()
         kept.append(masked_frames(out.frames.detach(), part.lengths))
     if idle is not None:  # one step of the idle record for the whole batch, as one forward would count it
         idle.copy_(torch.where(used, 0, idle_before + 1))
@@ -190,18 +193,33 @@ def _optimizer_step(model, optimizer, fisher_sync, scaler, max_grad_norm) -> Non
 
 @torch.no_grad()
 def restart_dead_prototypes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, result: StepResult,
-                            patience: int, generator: torch.Generator) -> int:
+                            patience: int, generator: torch.Generator) -> torch.Tensor | int:
     """Re-seed prototypes idle for ``patience`` steps from this batch's frames; their Adam moments
-    are zeroed so stale momentum does not drag them back. Returns how many were restarted."""
+    are zeroed so stale momentum does not drag them back. Returns how many were restarted (a 0-d
+    int64 tensor: reading it is the caller's choice, the step itself never waits for the GPU)."""
     head = unwrap(model).head
     if not isinstance(head, LPMNHead) or patience <= 0:
         return 0
-    dead = head.restart_dead(masked_frames(result.frames, result.lengths), patience, generator)
+    candidates = sample_valid_frames(result.frames, result.lengths, head.idle_steps.numel(), generator)
+    dead = head.restart_dead(candidates, patience, generator)
     state = optimizer.state.get(head.mil.prototypes, {})
     for key in ("exp_avg", "exp_avg_sq"):
         if key in state:
-            state[key][dead] = 0
-    return int(dead.numel())
+            state[key].masked_fill_(dead.view(-1, *[1] * (state[key].dim() - 1)), 0)
+    return dead.sum()
+
+
+def sample_valid_frames(frames: torch.Tensor, lengths: torch.Tensor, n: int, generator: torch.Generator
+                        ) -> torch.Tensor:
+    """``n`` frames (n, C) drawn uniformly, with replacement, from the valid frames of ``frames``
+    (B, T, C) with ``lengths`` (B,): a position among the valid frames, then its utterance by
+    searchsorted on the cumulative lengths. No boolean indexing, hence no host synchronisation."""
+    ends = lengths.to(frames.device).cumsum(0)
+    u = torch.rand(n, generator=generator, device=generator.device).to(frames.device)
+    position = (u * ends[-1]).long().clamp_max(ends[-1] - 1)
+    b = torch.searchsorted(ends, position, right=True)
+    t = position - (ends[b] - lengths.to(frames.device)[b])
+    return frames[b, t]
 
 
 @torch.no_grad()
