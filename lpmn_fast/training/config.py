@@ -141,7 +141,7 @@ class TrainConfig:
                                        f"{FEATURE_NORMS}: 'none' = Y as the paper writes it (at tau = 1 about 1/K, "
                                        "which barely trains), 'scale' = K x Y, 'log' = log Y, 'standard' = each "
                                        "utterance's Y standardised over its K values, 'batch' = BatchNorm1d without "
-                                       "affine; see docs/choices.md for the ablation that chose the default")
+                                       "affine (default: standard, chosen by the ablation in docs/choices.md)")
     fisher_momentum: float = _f(0.99, "EMA momentum m of the Fisher importance, eq. (4): the last 1/(1-m) steps "
                                       "carry 63%% of its weight")
     valence_weight: float | None = _f(None, "weight of the valence MSE added to the loss, with a linear valence "
