@@ -218,6 +218,30 @@ def test_linear_probing_trains_only_the_new_classifier(tmp_path, corpus):
     assert results["top_k"] == 4 and set(results) >= {"valid", "test", "best_epoch", "selected"}
 
 
+@pytest.mark.parametrize("reading", ["columns", "renormalise"])
+@pytest.mark.parametrize("standardize", [True, False])
+def test_linear_probe_readings_and_standardisation(tmp_path, corpus, reading, standardize):
+    c = resolve(_config(tmp_path))
+    torch.manual_seed(0)
+    model = build_model(c, 4)
+    optimizer = build_optimizer(c, model)
+    batch = _batch(model.backbone, corpus, n=8)
+    for _ in range(3):
+        train_step(model, batch, optimizer)
+    feats = [batch.feats[i, : batch.lengths[i]] for i in range(8)]
+    data = LabelledSet(feats, batch.labels, tuple(map(str, range(8))))
+    results, trained = linear_probe(model, {"train": data, "valid": data, "test": data}, ["a", "b", "c", "d"],
+                                    top_k=4, epochs=5, lr=0.1, batch_size=4, seed=0, select_metric="ua",
+                                    device=torch.device("cpu"), reading=reading, standardize=standardize)
+    assert (results["reading"], results["standardize"], results["importance"]) == (reading, standardize, "gradient")
+    assert trained.head.reading == reading
+    assert trained.head.mil.num_prototypes == (c.num_prototypes if reading == "columns" else 4)
+    # the saved probe takes raw inputs (any standardisation folded into its weights) and scores as reported
+    with torch.no_grad():
+        preds = trained.eval()(batch.feats, batch.lengths).logits.argmax(-1)
+    assert float((preds == batch.labels).float().mean()) == pytest.approx(results["test"]["wa"])
+
+
 @pytest.mark.parametrize("fields, error, match", [
     ({"head": "attention"}, ValueError, "unknown head 'attention'"),
     ({"backbone": "wav2vec"}, ValueError, "unknown backbone 'wav2vec'"),
