@@ -155,6 +155,17 @@ class LPMNHead(nn.Module):
     def feature_norm(self) -> str:
         return self.transform.mode
 
+    def read(self, pooled: torch.Tensor, frame_index: torch.Tensor | None = None):
+        """The mil's ``pooled`` (..., K) and ``frame_index`` as the classifier reads them (the
+        transform is per prototype, so frame_index stays as it is); for inference paths that pool
+        themselves. Logits = classifier(features); with centred weights Wc, sum_k Wc[:, k] *
+        features[k] is the centred logit, whatever the transform."""
+        return self.transform(pooled), frame_index
+
+    def feature_importance(self) -> torch.Tensor:
+        """(K,) Fisher importance of each classifier input."""
+        return self.mil.fisher_importance
+
     @torch.no_grad()
     def restart_dead(self, frames: torch.Tensor, patience: int, generator: torch.Generator) -> torch.Tensor:
         """Re-seed prototypes idle for ``patience`` steps or more with random ``frames`` (N, C).
@@ -215,8 +226,18 @@ class ProbeHead(nn.Module):
         self.valence = _regressor(width, valence_weight)  # fresh too, like the classifier
 
     def features(self, pooled: torch.Tensor) -> torch.Tensor:
-        """The mil's pooled (B, K or K') -> the classifier's (B, K') inputs."""
-        return pooled[:, self.selected] if self.reading == "columns" else pooled
+        """The mil's pooled (..., K or K') -> the classifier's (..., K') inputs."""
+        return pooled[..., self.selected] if self.reading == "columns" else pooled
+
+    def read(self, pooled: torch.Tensor, frame_index: torch.Tensor | None = None):
+        """The mil's ``pooled`` and ``frame_index`` (..., K or K') as the classifier reads them (..., K')."""
+        if self.reading == "columns":
+            return self.features(pooled), None if frame_index is None else frame_index[..., self.selected]
+        return pooled, frame_index
+
+    def feature_importance(self) -> torch.Tensor:
+        """(K',) Fisher importance of each classifier input (the selected prototypes')."""
+        return self.features(self.mil.fisher_importance)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> HeadOutput:
         out = self.mil(x, lengths)
