@@ -58,6 +58,7 @@ VARIANTS = {
     "renorm-raw-direction": ("renormalise", False, "direction"),
 }
 K, K_PRIME = 256, 60
+PROBE_EPOCHS = 30  # lpmn-train's --probe-epochs default
 
 
 def corpus_flags(corpus: str, out: Path) -> list[str]:
@@ -111,7 +112,8 @@ def probe_variants(study: Path) -> None:
         model = build_model(c, len(data.classes), data.backbone).to(device)
         load_model_state(model, state)
         for variant, (reading, standardize, importance) in todo.items():
-            results, _ = linear_probe(model, data.sets, data.classes, top_k=K_PRIME, epochs=c.probe_epochs,
+            # the driver trained with probe_epochs 0 (it probes itself): the probe's own defaults here
+            results, _ = linear_probe(model, data.sets, data.classes, top_k=K_PRIME, epochs=PROBE_EPOCHS,
                                       lr=c.probe_lr, batch_size=c.batch_size, seed=c.seed,
                                       select_metric=c.select_metric, device=device, reading=reading,
                                       importance=importance, standardize=standardize)
