@@ -244,7 +244,9 @@ class Driver:
         seed = config.seed
         run_dir = Path(config.run_dir)
         wanted = [kp for kp in self.plan.k_primes if kp <= k]
-        settings = {"probe_epochs": self.plan.base.probe_epochs, "probe_lr": self.plan.base.probe_lr}
+        b = self.plan.base
+        settings = {"probe_epochs": b.probe_epochs, "probe_lr": b.probe_lr, "probe_reading": b.probe_reading,
+                    "probe_standardize": b.probe_standardize, "importance": b.importance}
         todo = []
         for kp in wanted:
             file = run_dir / f"probe-K{kp}.json"
@@ -258,8 +260,10 @@ class Driver:
         if not todo:
             return
         self.log(f"{tag} LPMN-{k}-K' for K' in {todo}: probing the best LPMN-{k} checkpoint")
+        options = {k: settings[k] for k in ("probe_reading", "probe_standardize", "importance")}
         for kp, results in probe_trained_run(run_dir, todo, epochs=settings["probe_epochs"],
-                                             lr=settings["probe_lr"], progress=self.plan.base.progress):
+                                             lr=settings["probe_lr"], progress=self.plan.base.progress,
+                                             options=options):
             results = {**results, "settings": settings, "protocol": protocol}
             write_text_atomic(run_dir / f"probe-K{kp}.json", json.dumps(results, indent=1))
             self.log(f"{tag} {results['name']}: test {_summary(results['test'], self.columns)}")

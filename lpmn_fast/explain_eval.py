@@ -134,7 +134,7 @@ def evaluate_model(model_dir: Path, utterances, segments: dict, top_n: int, top_
             plot_explanation(wave, e, plot_dir / f"{model_dir.name}-{utt.utt_id}.png",
                              f"{utt.utt_id} ({utt.label}) -> {p.label} ({p.probabilities[p.label]:.0%}); "
                              "shaded: the emotional segment", p.label, segment)
-    return {"model": str(model_dir), "top_k": min(top_k, predictor.model.head.mil.num_prototypes),
+    return {"model": str(model_dir), "top_k": min(top_k, predictor.model.head.classifier.in_features),
             "all": summarise(records), "correct": summarise([r for r in records if r["correct"]]),
             "utterances": records}
 

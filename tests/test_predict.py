@@ -58,7 +58,7 @@ def test_training_exports_loadable_models(run_dir, corpus):
     assert (run_dir / "model" / "config.json").is_file() and (run_dir / "model-probe" / "config.json").is_file()
     predictor = lpmn_fast.load(run_dir)  # a run directory: its probed model
     assert predictor.source.endswith("model-probe") and predictor.classes == list(corpus.classes)
-    assert predictor.model.head.mil.num_prototypes == TINY["top_k"]
+    assert predictor.model.head.classifier.in_features == predictor.model.head.selected.numel() == TINY["top_k"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert predictor.model.head.selected.tolist() == metrics["probe"]["selected"]
 

@@ -37,7 +37,7 @@ def test_one_training_step_per_head_and_kernel(tmp_path, corpus, head, kernel):
         result = train_step(model, batch, optimizer)
     except NotImplementedError as error:
         pytest.skip(f"kernel={kernel} not available yet: {error}")
-    assert torch.isfinite(torch.tensor(result.loss)) and result.loss >= result.ce > 0
+    assert torch.isfinite(torch.as_tensor(result.loss)) and result.loss >= result.ce > 0
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert "head.classifier.weight" in changed and "backbone.convs.0.weight" in changed
     if head == "lpmn":
@@ -185,7 +185,13 @@ def test_dead_prototypes_restart_during_training(tmp_path, corpus):
     assert restarted == 1 and step == 1  # idle for 2 steps, then restarted
     assert model.head.idle_steps[3] == 0
     frames = result.frames[torch.arange(result.frames.shape[1]) < result.lengths[:, None]]
-    assert (frames == model.head.mil.prototypes[3].detach()).all(1).any()  # a frame of this batch
+    restarted_p = model.head.mil.prototypes[3].detach()
+    # --restart codebook (the default): a frame of this batch's direction at the live prototypes' norm
+    cosines = torch.nn.functional.cosine_similarity(frames, restarted_p[None], dim=-1)
+    assert cosines.max() > 1 - 1e-5
+    live = model.head.mil.prototypes.detach()[[0, 1, 2, 4, 5, 6, 7]].norm(dim=-1)
+    torch.testing.assert_close(restarted_p.norm(), live.mean(), rtol=0.05, atol=0)  # norms after the step
+    assert model.head.mil.fisher_importance[3] == 0 and model.head.mil.fisher_direction[3] == 0
     assert optimizer.state[model.head.mil.prototypes]["exp_avg"][3].abs().max() == 0
 
 
@@ -210,6 +216,30 @@ def test_linear_probing_trains_only_the_new_classifier(tmp_path, corpus):
     assert all(torch.equal(v, frozen_before[k]) for k, v in model.state_dict().items())
     torch.testing.assert_close(trained.head.mil.prototypes, model.head.mil.prototypes[probe.head.selected].detach())
     assert results["top_k"] == 4 and set(results) >= {"valid", "test", "best_epoch", "selected"}
+
+
+@pytest.mark.parametrize("reading", ["columns", "renormalise"])
+@pytest.mark.parametrize("standardize", [True, False])
+def test_linear_probe_readings_and_standardisation(tmp_path, corpus, reading, standardize):
+    c = resolve(_config(tmp_path))
+    torch.manual_seed(0)
+    model = build_model(c, 4)
+    optimizer = build_optimizer(c, model)
+    batch = _batch(model.backbone, corpus, n=8)
+    for _ in range(3):
+        train_step(model, batch, optimizer)
+    feats = [batch.feats[i, : batch.lengths[i]] for i in range(8)]
+    data = LabelledSet(feats, batch.labels, tuple(map(str, range(8))))
+    results, trained = linear_probe(model, {"train": data, "valid": data, "test": data}, ["a", "b", "c", "d"],
+                                    top_k=4, epochs=5, lr=0.1, batch_size=4, seed=0, select_metric="ua",
+                                    device=torch.device("cpu"), reading=reading, standardize=standardize)
+    assert (results["reading"], results["standardize"], results["importance"]) == (reading, standardize, "gradient")
+    assert trained.head.reading == reading
+    assert trained.head.mil.num_prototypes == (c.num_prototypes if reading == "columns" else 4)
+    # the saved probe takes raw inputs (any standardisation folded into its weights) and scores as reported
+    with torch.no_grad():
+        preds = trained.eval()(batch.feats, batch.lengths).logits.argmax(-1)
+    assert float((preds == batch.labels).float().mean()) == pytest.approx(results["test"]["wa"])
 
 
 @pytest.mark.parametrize("fields, error, match", [

@@ -91,7 +91,7 @@ def run_batch(model: torch.nn.Module, waves: Sequence[torch.Tensor],
     x = backbone(padded, lengths.to(device))  # (B, T, C)
     frame_index = None
     if isinstance(head, (LPMNHead, ProbeHead)):
-        pooled, frame_index = head.mil.pool(x, lengths.to(device))
+        pooled, frame_index = head.read(*head.mil.pool(x, lengths.to(device)))  # what the classifier reads
         pooled, frame_index = pooled.float(), frame_index.cpu()
     elif isinstance(head, PoolingHead):
         pooled = head.pool(x.float(), lengths.to(device))

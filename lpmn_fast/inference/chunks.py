@@ -115,7 +115,8 @@ def frame_mappings(head: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """x (T, C) -> s (T, K): each frame's softmax over the prototypes, eq. (2)."""
     mil = head.mil
     cos = F.normalize(x.float(), dim=-1, eps=EPS) @ F.normalize(mil.prototypes.detach().float(), dim=-1, eps=EPS).T
-    return torch.softmax(cos / mil.tau, dim=-1)
+    s = torch.softmax(cos / mil.tau, dim=-1)
+    return head.features(s) if isinstance(head, ProbeHead) else s  # a probe's K' columns
 
 
 @torch.no_grad()
@@ -148,6 +149,8 @@ def run_chunked(model: torch.nn.Module, wave: torch.Tensor, chunk_frames: int, c
             value = x.float().sum(0)
             total = value if total is None else total + value
     pooled = best if best is not None else total / frames
+    if prototype_head:  # the maxima are the mil's; the classifier reads them through the head
+        pooled, index = head.read(pooled, index)
     pooled = pooled.to(head.classifier.weight.dtype)
     regressor = getattr(head, "valence", None)
     return Pooled(pooled, index, head.classifier(pooled[None])[0],

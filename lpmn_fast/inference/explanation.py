@@ -85,9 +85,10 @@ def explain(head: torch.nn.Module, result: Pooled, classes: list[str], geometry:
     wc = centred_weights(head)
     evidence = frame_evidence(wc, result.pooled, result.frame_index, result.num_frames)
     contribution = (wc * result.pooled.float()[None]).cpu()  # (classes, K)
-    top_k = max(1, min(top_k, mil.num_prototypes))
+    importance = head.feature_importance()  # of the classifier's inputs (a probe's K' prototypes)
+    top_k = max(1, min(top_k, importance.numel()))
     if int(mil.fisher_updates) > 0:
-        ranked_by, top = "fisher", mil.select_top(top_k)
+        ranked_by, top = "fisher", torch.topk(importance, top_k, sorted=True).indices
     else:  # an untrained or hand-built layer: no importance estimate to rank by
         ranked_by, top = "contribution", torch.topk(contribution.abs().amax(0), top_k).indices
     selected = getattr(head, "selected", None)  # a probe's prototypes are a subset of the full codebook
@@ -97,7 +98,7 @@ def explain(head: torch.nn.Module, result: Pooled, classes: list[str], geometry:
         prototypes.append({
             "rank": rank, "prototype": k,
             "codebook_index": int(selected[k]) if selected is not None else k,
-            "fisher_importance": float(mil.fisher_importance[k]), "frame": frame,
+            "fisher_importance": float(importance[k]), "frame": frame,
             "time_s": round(geometry.time_s(frame), 4), "mapping": float(result.pooled[k]),
             "contribution": {c: float(contribution[i, k]) for i, c in enumerate(classes)},
         })

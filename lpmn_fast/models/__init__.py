@@ -3,12 +3,14 @@ initialisation."""
 
 from .backbones import FbankBackbone, HubertBackbone, build_backbone, fbank_features, frame_mask
 from .encoders import FAMILIES, SpeechEncoderBackbone
-from .heads import HEADS, HeadOutput, LPMNHead, PoolingHead, ProbeHead, build_head, masked_frames
+from .heads import (
+    FEATURE_NORMS, HEADS, READINGS, RESTARTS, HeadOutput, LPMNHead, PoolingHead, ProbeHead, build_head, masked_frames,
+)
 from .kmeans import kmeans_codebook
 from .model import ModelOutput, SERModel
 
 __all__ = [
-    "FAMILIES", "HEADS", "FbankBackbone", "HeadOutput", "HubertBackbone", "LPMNHead", "ModelOutput", "PoolingHead",
+    "FAMILIES", "FEATURE_NORMS", "HEADS", "READINGS", "RESTARTS", "FbankBackbone", "HeadOutput", "HubertBackbone", "LPMNHead", "ModelOutput", "PoolingHead",
     "ProbeHead", "SERModel", "SpeechEncoderBackbone", "build_backbone", "build_head", "fbank_features", "frame_mask",
     "kmeans_codebook", "masked_frames",
 ]

@@ -76,6 +76,11 @@ def describe_head(head: torch.nn.Module) -> dict:
                "fisher_momentum": mil.fisher_momentum, **common}
         if isinstance(head, LPMNHead):
             out["quant_weight"] = head.quant_weight
+            out["feature_norm"] = head.feature_norm
+            out["restart"] = head.restart
+        else:
+            out["reading"] = head.reading
+            out["top_k"] = int(head.selected.numel())
         return out
     if isinstance(head, PoolingHead):
         return {"type": head.mode, "dim": head.classifier.in_features, **common}
@@ -92,11 +97,16 @@ def build_head_from_description(desc: dict, kernel: str | None = None) -> torch.
     if kind == "lpmn":
         return LPMNHead(desc["dim"], classes, desc["num_prototypes"], tau=desc["tau"], kernel=kernel or desc["kernel"],
                         quant_weight=desc["quant_weight"], fisher_momentum=desc["fisher_momentum"],
+                        # models saved before these options did what "none" and "frame" do
+                        feature_norm=desc.get("feature_norm", "none"), restart=desc.get("restart", "frame"),
                         **_valence_kwargs(desc))
     if kind == "probe":
         mil = PrototypeMIL(desc["num_prototypes"], desc["dim"], tau=desc["tau"], kernel=kernel or desc["kernel"],
                            fisher_momentum=desc["fisher_momentum"])
-        return ProbeHead(mil, classes, **_valence_kwargs(desc))  # ``selected`` comes with the weights
+        # ``selected`` comes with the weights; probes saved before "reading" existed re-normalised
+        reading = desc.get("reading", "renormalise")
+        selected = torch.zeros(desc.get("top_k", desc["num_prototypes"]), dtype=torch.int64)
+        return ProbeHead(mil, classes, selected, reading=reading, **_valence_kwargs(desc))
     if kind in ("ap", "mp"):
         return PoolingHead(desc["dim"], classes, kind, **_valence_kwargs(desc))
     raise ValueError(f"unknown head type {kind!r} in the model config")

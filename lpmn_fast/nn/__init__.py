@@ -1,5 +1,5 @@
 """Modules built on the prototype-MIL op."""
 
-from .prototype_mil import PrototypeMIL
+from .prototype_mil import IMPORTANCES, PrototypeMIL
 
-__all__ = ["PrototypeMIL"]
+__all__ = ["IMPORTANCES", "PrototypeMIL"]

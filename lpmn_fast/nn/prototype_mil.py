@@ -14,6 +14,9 @@ from ..ops.reference import EPS, compute_dtype, frame_mask, prototype_mil_pooled
 from ..ops.validation import BACKENDS, validate_inputs
 
 
+IMPORTANCES = ("gradient", "direction")  # what select_top ranks by (see PrototypeMIL)
+
+
 class PrototypeMIL(nn.Module):
     """Local prototypical mapping + MIL max-over-time aggregation (paper section 3).
 
@@ -21,6 +24,15 @@ class PrototypeMIL(nn.Module):
     prototype's Fisher importance (eq. 4). While training with gradients enabled, ``forward``
     asks the op to accumulate per-frame squared prototype gradients during backward; call
     :meth:`update_fisher` after ``loss.backward()`` to fold them into the EMA.
+
+    The estimate's exact form, per step: F_k = sum over valid frames (b, t) of
+    ||dL_b/dp_k||^2, with L_b the utterance's log-likelihood (the per-frame gradient through
+    cos(x_bt, p_k) is squared before summing over frames, not the utterance's gradient), divided
+    by the number of valid frames. Through the cosine, ||d cos / d p_k||^2 = (1 - cos^2) / |p_k|^2,
+    so this ranking also ranks prototype norms. ``fisher_direction`` (K,) is the same EMA of the
+    gradient with respect to the prototype's direction p_k / |p_k| (the estimate times |p_k|^2),
+    which does not depend on |p_k|. The EMA weighs step s back by (1 - m) m^s: with m = 0.99 the
+    last 100 steps carry 63% of the weight, the last 300 95%.
 
     Args:
         num_prototypes: K, codebook size.
@@ -58,6 +70,7 @@ class PrototypeMIL(nn.Module):
         self.track_fisher = True
         self.prototypes = nn.Parameter(torch.randn(num_prototypes, dim))
         self.register_buffer("fisher_importance", torch.zeros(num_prototypes))
+        self.register_buffer("fisher_direction", torch.zeros(num_prototypes))
         self.register_buffer("fisher_updates", torch.zeros((), dtype=torch.int64))
         # Between forward/backward and update_fisher: squared gradients and what they were summed over.
         self.register_buffer("fisher_grad_sq", torch.zeros(num_prototypes), persistent=False)
@@ -68,8 +81,18 @@ class PrototypeMIL(nn.Module):
         # .double()/.half() cast every floating buffer; the Fisher statistics stay float32.
         super()._apply(fn, recurse)
         self.fisher_importance = self.fisher_importance.float()
+        self.fisher_direction = self.fisher_direction.float()
         self.fisher_grad_sq = self.fisher_grad_sq.float()
         return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Models saved before fisher_direction existed: derive it from the gradient EMA and the
+        # saved prototypes' norms (exact when the norms did not change over the EMA's horizon).
+        key = prefix + "fisher_direction"
+        if key not in state_dict and prefix + "fisher_importance" in state_dict and prefix + "prototypes" in state_dict:
+            norms = state_dict[prefix + "prototypes"].float().norm(dim=-1)
+            state_dict[key] = state_dict[prefix + "fisher_importance"].float() * norms**2
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"num_prototypes={self.num_prototypes}, dim={self.dim}, tau={self.tau}, kernel={self.kernel!r}"
@@ -142,8 +165,12 @@ class PrototypeMIL(nn.Module):
                 raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
             scale = 1.0 / (loss_scale**2 * self.fisher_frames)
         estimate = self.fisher_grad_sq * scale.to(self.fisher_grad_sq.dtype)
-        ema = self.fisher_importance * self.fisher_momentum + estimate * (1.0 - self.fisher_momentum)
-        self.fisher_importance.copy_(torch.where(self.fisher_updates == 0, estimate, ema))
+        # the same squared gradients with respect to the direction p / |p|: x |p|^2 (the prototypes
+        # are those of this step's forward: update_fisher runs before the optimizer step)
+        direction = estimate * self.prototypes.detach().to(estimate.dtype).pow(2).sum(-1)
+        first, m = self.fisher_updates == 0, self.fisher_momentum
+        self.fisher_importance.copy_(torch.where(first, estimate, self.fisher_importance * m + estimate * (1.0 - m)))
+        self.fisher_direction.copy_(torch.where(first, direction, self.fisher_direction * m + direction * (1.0 - m)))
         self.fisher_updates += 1
         self.fisher_grad_sq.zero_()
         self.fisher_utterances.zero_()
@@ -181,16 +208,27 @@ class PrototypeMIL(nn.Module):
         commit = ((frames - assigned.detach()).pow(2).sum(-1) * weight).sum() / count
         return codebook + commitment * commit
 
-    def select_top(self, k_prime: int) -> torch.Tensor:
-        """Indices (K',) int64 of the K' prototypes with the largest Fisher importance, most important first."""
+    def select_top(self, k_prime: int, importance: str = "gradient") -> torch.Tensor:
+        """Indices (K',) int64 of the K' prototypes with the largest Fisher importance, most important first.
+
+        importance: "gradient" (eq. 4 as written: gradients with respect to p_k, which scale with
+        1/|p_k|^2) or "direction" (gradients with respect to p_k / |p_k|, independent of |p_k|)."""
+        if importance not in IMPORTANCES:
+            raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
         if not 1 <= k_prime <= self.num_prototypes:
             raise ValueError(f"k_prime must be in [1, K = {self.num_prototypes}], got {k_prime}")
         if int(self.fisher_updates) == 0:
             raise RuntimeError("no Fisher importance estimated yet: train with update_fisher() before selecting")
-        return torch.topk(self.fisher_importance, k_prime, sorted=True).indices
+        scores = self.fisher_importance if importance == "gradient" else self.fisher_direction
+        return torch.topk(scores, k_prime, sorted=True).indices
 
     def subset(self, indices: torch.Tensor) -> "PrototypeMIL":
-        """A new layer holding only the prototypes ``indices`` (e.g. from :meth:`select_top`)."""
+        """A new layer holding only the prototypes ``indices`` (e.g. from :meth:`select_top`).
+
+        Its softmax runs over the K' kept prototypes only, so its pooled values are re-normalised
+        over K' (larger than the full layer's, towards 1 at small tau): the "renormalise" reading of
+        section 3.3. The other reading, the K' columns of the full layer's pooled (B, K), is
+        ``ProbeHead(..., reading="columns")``."""
         indices = torch.as_tensor(indices, dtype=torch.int64, device=self.prototypes.device)
         if indices.dim() != 1 or indices.numel() == 0:
             raise ValueError(f"indices must be a non-empty 1-d tensor, got shape {tuple(indices.shape)}")
@@ -203,5 +241,6 @@ class PrototypeMIL(nn.Module):
         with torch.no_grad():
             layer.prototypes.copy_(self.prototypes[indices])
             layer.fisher_importance.copy_(self.fisher_importance[indices])
+            layer.fisher_direction.copy_(self.fisher_direction[indices])
             layer.fisher_updates.copy_(self.fisher_updates)
         return layer

@@ -191,17 +191,28 @@ def fold_ids(name: str, utterances: Sequence[Utterance], *, folds: int = 5) -> l
     raise ValueError(f"unknown split {name!r}; choose one of {SPLITS}")
 
 
+def loso_valid_speaker(held: Sequence[Utterance], test_session: int, seed: int = 0) -> str:
+    """The validation speaker of loso-speaker's held-out session: of its speakers sorted by name,
+    the one at index (seed + test_session) mod their count. Successive sessions thus alternate
+    between the speakers (in IEMOCAP and the synthetic corpus, between the female and the male
+    speaker: sessions 1, 3, 5 validate on the second name, 2 and 4 on the first, with seed 0),
+    and another --fold-seed swaps them."""
+    speakers = sorted({u.speaker for u in held})
+    return speakers[(seed + test_session) % len(speakers)]
+
+
 def make_split(name: str, utterances: Sequence[Utterance], test_session: int, *, folds: int = 5, seed: int = 0,
                valid_fraction: float = 0.1) -> Split:
     """The split called ``name`` (one of SPLITS) holding out fold ``test_session`` (the session for
     loso/loso-speaker, the fold number for kfold and speaker-kfold, ignored by column);
-    ``loso-speaker`` validates on the first speaker (sorted); ``folds``, ``seed`` and ``valid_fraction``
-    are kfold's and speaker-kfold's (see :func:`stratified_kfold`, :func:`speaker_kfold`)."""
+    ``loso-speaker`` validates on :func:`loso_valid_speaker`'s speaker; ``folds``, ``seed`` and ``valid_fraction``
+    are kfold's and speaker-kfold's (``seed`` also loso-speaker's) (see :func:`stratified_kfold`, :func:`speaker_kfold`)."""
     if name == "loso":
         return leave_one_session_out(utterances, test_session)
     if name == "loso-speaker":
         _, held = _held_out(utterances, test_session)
-        return leave_one_session_out(utterances, test_session, valid_speaker=min(u.speaker for u in held))
+        return leave_one_session_out(utterances, test_session, valid_speaker=loso_valid_speaker(held, test_session,
+                                                                                                seed))
     if name == "kfold":
         return stratified_kfold(utterances, test_session, folds=folds, seed=seed, valid_fraction=valid_fraction)
     if name == "speaker-kfold":

@@ -26,7 +26,7 @@ def build_model(c, num_classes: int, backbone: torch.nn.Module | None = None) ->
     valence_weight = c.valence_weight or 0.0  # > 0: a valence regressor beside the classifier (MER2023)
     head = build_head(c.head, backbone.out_dim, num_classes, num_prototypes=c.num_prototypes, tau=c.tau,
                       kernel=c.kernel, quant_weight=c.quant_weight, fisher_momentum=c.fisher_momentum,
-                      valence_weight=valence_weight) \
+                      valence_weight=valence_weight, feature_norm=c.feature_norm, restart=c.restart) \
         if c.head == "lpmn" else build_head(c.head, backbone.out_dim, num_classes, valence_weight=valence_weight)
     return SERModel(backbone, head)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from ..models.heads import HEADS
+from ..models.heads import FEATURE_NORMS, HEADS, READINGS, RESTARTS
+from ..nn import IMPORTANCES
 from ..ops.validation import BACKENDS
 from ..protocol.splits import SPLITS
 from .logs import LOG_KINDS
@@ -136,17 +137,34 @@ class TrainConfig:
     tau: float | None = _f(None, f"softmax temperature over prototypes, eq. (2); default {_by_backbone('tau')}")
     quant_weight: float | None = _f(None, "weight of the quantization loss, eq. (1), added to the cross-entropy; "
                                           f"default {_by_backbone('quant_weight')}")
-    fisher_momentum: float = _f(0.99, "EMA momentum of the Fisher importance, eq. (4)")
+    feature_norm: str = _f("standard", f"what the LPMN classifier sees of the pooled mappings Y (B, K), one of "
+                                       f"{FEATURE_NORMS}: 'none' = Y as the paper writes it (at tau = 1 about 1/K, "
+                                       "which barely trains), 'scale' = K x Y, 'log' = log Y, 'standard' = each "
+                                       "utterance's Y standardised over its K values, 'batch' = BatchNorm1d without "
+                                       "affine (default: standard, chosen by the ablation in docs/choices.md)")
+    fisher_momentum: float = _f(0.99, "EMA momentum m of the Fisher importance, eq. (4): the last 1/(1-m) steps "
+                                      "carry 63%% of its weight")
     valence_weight: float | None = _f(None, "weight of the valence MSE added to the loss, with a linear valence "
                                             "regressor beside the classifier (corpora with valence only); default "
                                             "1 for mer2023 and manifests with a valence column, 0 (no regressor) "
                                             "otherwise")
     dead_patience: int = _f(100, "restart a prototype from a random training frame after this many steps without "
                                  "being any frame's nearest prototype (0: never)")
+    restart: str = _f("codebook", f"how a dead prototype restarts, one of {RESTARTS}: 'codebook' = the frame's "
+                                  "direction at the live prototypes' mean norm, its Fisher entries reset to 0; "
+                                  "'frame' = the raw frame, Fisher entries kept (before this option)")
     kmeans_frames: int = _f(20000, "frames sampled from the training set for the k-means codebook initialisation")
     top_k: int = _f(60, "K', prototypes kept by Fisher importance for linear probing (section 3.3); must be <= K")
     probe_epochs: int = _f(30, "epochs of linear probing of the fresh classifier on the top-K' prototypes (0: skip)")
     probe_lr: float = _f(1e-2, "learning rate of linear probing")
+    probe_reading: str = _f("columns", f"what the probe reads of the K' selected prototypes, one of {READINGS}: "
+                                       "'columns' = their K' columns of the full-K pooled vector; 'renormalise' = "
+                                       "the softmax re-normalised over the K' kept prototypes (before this option)")
+    probe_standardize: bool = _f(True, "standardise each of the probe's K' inputs by its training-set mean and std "
+                                       "(folded into the probe classifier's weights afterwards)")
+    importance: str = _f("gradient", f"Fisher importance that ranks prototypes for selection, one of {IMPORTANCES}: "
+                                     "'gradient' = eq. (4) with gradients w.r.t. p_k (scales with 1/|p_k|^2); "
+                                     "'direction' = gradients w.r.t. p_k/|p_k| (independent of |p_k|)")
     kernel: str = _f("auto", f"prototype-MIL op backend, one of {BACKENDS}: fused Triton kernels, PyTorch "
                              "reference, or auto (Triton on CUDA when available)")
     # optimisation
@@ -213,7 +231,9 @@ RUN_CONTROL = ("resume", "stop_after_steps", "progress", "device", "threads", "r
 # resumes (or is read back) only with these, never silently with another batching or precision.
 BEFORE_FIELD = {"precision": ("fp32",), "cache_dtype": ("float32",), "deterministic": (None, True),
                 "bucket": (False,), "max_seconds": (None,), "grad_accum": (1,), "lr_schedule": ("constant",),
-                "warmup_steps": (0,), "max_grad_norm": (None,), "backbone_lr": (None,), "patience": (None,)}
+                "warmup_steps": (0,), "max_grad_norm": (None,), "backbone_lr": (None,), "patience": (None,),
+                "feature_norm": ("none",), "restart": ("frame",), "probe_reading": ("renormalise",),
+                "probe_standardize": (False,), "importance": ("gradient",)}
 
 
 def changed_fields(saved: dict, current: dict) -> list[str]:
@@ -228,6 +248,12 @@ def changed_fields(saved: dict, current: dict) -> list[str]:
         return saved.get(k, defaults.get(k)) != current[k]
 
     return [k for k in current if k not in RUN_CONTROL and differs(k)]
+
+
+def saved_fields(saved: dict) -> dict:
+    """A saved run's config dict with the BEFORE_FIELD fields it lacks set to what such a run did
+    (e.g. feature_norm 'none' for a run saved before that option), so it rebuilds as it was trained."""
+    return {**{k: v[0] for k, v in BEFORE_FIELD.items() if k not in saved and v[0] is not None}, **saved}
 
 
 def default_run_root(data: str, backbone: str) -> Path:
@@ -296,6 +322,10 @@ def _check(c: TrainConfig) -> None:
     need(1 <= c.top_k <= c.num_prototypes,
          f"top_k (K' = {c.top_k}) must be in [1, num_prototypes K = {c.num_prototypes}]")
     need(c.tau > 0, f"tau must be > 0, got {c.tau}")
+    need(c.feature_norm in FEATURE_NORMS, f"unknown feature_norm {c.feature_norm!r}; choose one of {FEATURE_NORMS}")
+    need(c.restart in RESTARTS, f"unknown restart {c.restart!r}; choose one of {RESTARTS}")
+    need(c.probe_reading in READINGS, f"unknown probe_reading {c.probe_reading!r}; choose one of {READINGS}")
+    need(c.importance in IMPORTANCES, f"unknown importance {c.importance!r}; choose one of {IMPORTANCES}")
     need(c.lr > 0 and c.batch_size >= 1 and c.epochs >= 1,
          f"need lr > 0, batch_size >= 1, epochs >= 1; got {c.lr}, {c.batch_size}, {c.epochs}")
     need(c.quant_weight >= 0, f"quant_weight must be >= 0, got {c.quant_weight}")

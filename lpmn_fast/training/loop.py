@@ -271,7 +271,9 @@ def _train(c: TrainConfig, precision: Precision) -> dict:
     if lpmn_layer(model) is not None and c.probe_epochs > 0:
         probe_results, probe = linear_probe(model, sets, classes, top_k=c.top_k, epochs=c.probe_epochs,
                                             lr=c.probe_lr, batch_size=c.batch_size, seed=c.seed,
-                                            select_metric=c.select_metric, device=device)
+                                            select_metric=c.select_metric, device=device,
+                                            reading=c.probe_reading, importance=c.importance,
+                                            standardize=c.probe_standardize)
         probe_results["name"] = f"{results['name']}-{c.top_k}"
         results["probe"] = probe_results
         head_state = {f"head.{k}": v for k, v in probe.head.state_dict().items()}

@@ -1,0 +1,187 @@
+"""The ablation of the paper's open choices (issue 22): one niced background job, resumable.
+
+    python -m benchmarks.ablation --out runs/ablation [--studies NAME,...] [--folds 1,3,5]
+    python -m benchmarks.ablation --out runs/ablation --report benchmarks/results/ablation.md
+
+Each study is one lpmn-experiment (rows lpmn, lpmn-ps; K = 256, K' = 60; every fold x seed) on a
+corpus: ``synthetic`` (the demo's corpus and settings) or ``espeak`` (benchmarks/espeak_corpus.py,
+read as a manifest). Probe variants (reading x standardisation x importance) need no retraining:
+each probes the study's best LPMN-256 checkpoints again (``probe-K60-<variant>.json``). Finished runs
+are read back, so rerunning the command resumes. ``--report`` writes the tables (mean ± sample std
+over all folds x seeds, and the per-seed means over folds) from what has finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# The ablation's size, cut to fit about an hour of a 2-core CPU shared with four other engineers' jobs
+# (a full demo run took 7 to 9 minutes there, a run of this size about 2): half the synthetic corpus
+# (50 utterances per speaker) and 8 epochs instead of the demo's 20; everything else is the demo's
+# (fbank, K 256, lr 2e-3, batch 32, quantization weight 0.1, loso-speaker). Studies run in this
+# order, the decisive ones first; "NAME+s12" holds seeds 1 and 2 of study NAME, reported with it.
+SIZE = ["--epochs", "8"]
+SYNTHETIC_SIZE = ["--synthetic-utterances-per-speaker", "50"]
+ALL_FOLDS, ODD_FOLDS = "1,2,3,4,5", "1,3,5"
+# name -> (corpus, extra lpmn-experiment flags, seeds, folds)
+STUDIES = {
+    "tau005-standard": ("synthetic", ["--tau", "0.05", "--feature-norm", "standard"], "0", ALL_FOLDS),
+    "tau1-standard": ("synthetic", ["--tau", "1.0", "--feature-norm", "standard"], "0", ALL_FOLDS),
+    "tau1-none": ("synthetic", ["--tau", "1.0", "--feature-norm", "none"], "0", ODD_FOLDS),
+    "tau005-none": ("synthetic", ["--tau", "0.05", "--feature-norm", "none"], "0", ALL_FOLDS),
+    "espeak-tau005-standard": ("espeak", ["--tau", "0.05", "--feature-norm", "standard"], "0", ODD_FOLDS),
+    "espeak-tau005-none": ("espeak", ["--tau", "0.05", "--feature-norm", "none"], "0", ODD_FOLDS),
+    "espeak-tau1-standard": ("espeak", ["--tau", "1.0", "--feature-norm", "standard"], "0", ODD_FOLDS),
+    "tau005-standard+s12": ("synthetic", ["--tau", "0.05", "--feature-norm", "standard"], "1,2", ALL_FOLDS),
+    "tau1-standard+s12": ("synthetic", ["--tau", "1.0", "--feature-norm", "standard"], "1,2", ALL_FOLDS),
+    "tau1-log": ("synthetic", ["--tau", "1.0", "--feature-norm", "log"], "0", ODD_FOLDS),
+    "tau1-scale": ("synthetic", ["--tau", "1.0", "--feature-norm", "scale"], "0", ODD_FOLDS),
+    "tau1-batch": ("synthetic", ["--tau", "1.0", "--feature-norm", "batch"], "0", ODD_FOLDS),
+    "tau005-standard-restart-frame": ("synthetic", ["--tau", "0.05", "--feature-norm", "standard",
+                                                    "--restart", "frame"], "0", ALL_FOLDS),
+    "espeak-tau1-none": ("espeak", ["--tau", "1.0", "--feature-norm", "none"], "0", ODD_FOLDS),
+}
+# probe variant -> (probe_reading, probe_standardize, importance)
+VARIANTS = {
+    "columns-std-gradient": ("columns", True, "gradient"),
+    "columns-raw-gradient": ("columns", False, "gradient"),
+    "renorm-std-gradient": ("renormalise", True, "gradient"),
+    "renorm-raw-gradient": ("renormalise", False, "gradient"),
+    "columns-std-direction": ("columns", True, "direction"),
+    "renorm-raw-direction": ("renormalise", False, "direction"),
+}
+K, K_PRIME = 256, 60
+PROBE_EPOCHS = 30  # lpmn-train's --probe-epochs default
+
+
+def corpus_flags(corpus: str, out: Path) -> list[str]:
+    if corpus == "synthetic":
+        return ["--data", "synthetic", *SYNTHETIC_SIZE]
+    manifest = out / "espeak-corpus" / "manifest.csv"
+    if not manifest.is_file():
+        from .espeak_corpus import make_corpus
+
+        make_corpus(manifest.parent)
+    return ["--data", "manifest", "--manifest", str(manifest), "--split", "loso-speaker"]
+
+
+def run_study(name: str, out: Path, folds: str | None, threads: int, extra: list[str] = ()) -> None:
+    corpus, flags, seeds, study_folds = STUDIES[name]
+    folds = folds or study_folds
+    command = [sys.executable, "-m", "lpmn_fast.experiment", *corpus_flags(corpus, out), *flags, *SIZE,
+               "--backbone", "fbank", "--rows", "lpmn", "--k", str(K), "--seeds", seeds, "--fold", folds,
+               "--threads", str(threads), "--no-progress", "--out", str(out / name), *extra]
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(command[1:])}", flush=True)
+    finished = subprocess.run(command, stdout=subprocess.DEVNULL).returncode == 0
+    if not finished:
+        print(f"{name}: lpmn-experiment failed; its finished runs are still probed and reported", flush=True)
+    probe_variants(out / name)
+
+
+def _run_dirs(study: Path) -> list[Path]:
+    """The LPMN-K run folders of a study: OUT/seed-<s>/fold-<f>/lpmn-K<K> (several seeds) or OUT/fold-<f>/..."""
+    return sorted(study.glob(f"**/fold-*/lpmn-K{K}"))
+
+
+def probe_variants(study: Path) -> None:
+    """Every VARIANT's K' probe of every finished LPMN-K run of ``study`` (data and model loaded once per run)."""
+    import torch
+
+    from lpmn_fast.training.build import build_model, pick_device
+    from lpmn_fast.training.checkpoint import load_checkpoint, load_model_state
+    from lpmn_fast.training.config import make_config, resolve, saved_fields
+    from lpmn_fast.training.corpus import prepare_data
+    from lpmn_fast.training.probe import linear_probe
+
+    torch.set_num_threads(1)
+    for run_dir in _run_dirs(study):
+        todo = {v: o for v, o in VARIANTS.items() if not (run_dir / f"probe-K{K_PRIME}-{v}.json").is_file()}
+        if not todo or not (run_dir / "metrics.json").is_file():
+            continue
+        meta, state, _, _ = load_checkpoint(run_dir / "checkpoints", "best")
+        c = resolve(make_config(**{**saved_fields(meta["config"]), "progress": False}))
+        device = pick_device(c.device)
+        data = prepare_data(c)
+        model = build_model(c, len(data.classes), data.backbone).to(device)
+        load_model_state(model, state)
+        for variant, (reading, standardize, importance) in todo.items():
+            # the driver trained with probe_epochs 0 (it probes itself): the probe's own defaults here
+            results, _ = linear_probe(model, data.sets, data.classes, top_k=K_PRIME, epochs=PROBE_EPOCHS,
+                                      lr=c.probe_lr, batch_size=c.batch_size, seed=c.seed,
+                                      select_metric=c.select_metric, device=device, reading=reading,
+                                      importance=importance, standardize=standardize)
+            (run_dir / f"probe-K{K_PRIME}-{variant}.json").write_text(json.dumps(results, indent=1))
+
+
+def collect(study: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """row -> seed -> fold -> test WA (%)."""
+    rows: dict[str, dict[str, dict[str, float]]] = {}
+
+    def add(row, run_dir, value):
+        seed, fold = str(json.loads((run_dir / "metrics.json").read_text())["config"]["seed"]), run_dir.parent.name[5:]
+        rows.setdefault(row, {}).setdefault(seed, {})[fold] = value
+
+    for run_dir in _run_dirs(study):
+        metrics = run_dir / "metrics.json"
+        if metrics.is_file():
+            add(f"LPMN-{K}", run_dir, 100 * json.loads(metrics.read_text())["test"]["wa"])
+        for file in sorted(run_dir.glob(f"probe-K{K_PRIME}-*.json")):
+            add(f"LPMN-{K}-{K_PRIME} {file.stem.split('-', 2)[2]}", run_dir,
+                100 * json.loads(file.read_text())["test"]["wa"])
+        if metrics.is_file():
+            add("prototype restarts per run (count)", run_dir, json.loads(metrics.read_text())["prototype_restarts"])
+    return rows
+
+
+def summary(per_seed: dict[str, dict[str, float]]) -> tuple[str, str, int]:
+    values = [v for folds in per_seed.values() for v in folds.values()]
+    overall = f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else (
+        f"{values[0]:.1f}" if values else "")
+    seeds = ", ".join(f"s{s}: {statistics.mean(f.values()):.1f}" for s, f in sorted(per_seed.items()))
+    return overall, seeds, len(values)
+
+
+def report(out: Path) -> str:
+    lines = ["| corpus | study (training flags) | row | test WA % mean ± std | per-seed mean over folds | runs |",
+             "|---|---|---|---|---|---|"]
+    for name, (corpus, flags, _, _) in STUDIES.items():
+        if "+" in name:
+            continue  # reported with its study
+        rows: dict = {}
+        for study in (out / name, out / f"{name}+s12"):
+            for row, per_seed in (collect(study) if study.is_dir() else {}).items():
+                rows.setdefault(row, {}).update(per_seed)
+        for row, per_seed in rows.items():
+            overall, seeds, n = summary(per_seed)
+            lines.append(f"| {corpus} | {name} (`{' '.join(flags)}`) | {row} | {overall} | {seeds} | {n} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--studies", default=",".join(STUDIES))
+    parser.add_argument("--folds", help="folds of every study (default: each study's own)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--extra", default="", help="more lpmn-experiment flags, e.g. '--epochs 1' for a smoke test")
+    parser.add_argument("--report", type=Path, help="write the table of finished runs to this file and stop")
+    args = parser.parse_args(argv)
+    if args.report:
+        args.report.write_text(report(args.out) + "\n")
+        print(report(args.out))
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    for name in args.studies.split(","):
+        run_study(name, args.out, args.folds, args.threads, args.extra.split())
+        print(report(args.out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
