@@ -1,6 +1,6 @@
 """The ablation of the paper's open choices (issue 22): one niced background job, resumable.
 
-    python -m benchmarks.ablation --out runs/ablation [--studies NAME,...] [--folds 1,3,5]
+    python -m benchmarks.ablation --out runs/ablation [--studies NAME,...] [--folds 1,3,5] [--seeds 0]
     python -m benchmarks.ablation --out runs/ablation --report benchmarks/results/ablation.md
 
 Each study is one lpmn-experiment (rows lpmn, lpmn-ps; K = 256, K' = 60; every fold x seed) on a
@@ -22,31 +22,29 @@ import sys
 import time
 from pathlib import Path
 
-# The ablation's size, cut to fit about an hour of a 2-core CPU shared with four other engineers' jobs
-# (a full demo run took 7 to 9 minutes there, a run of this size about 2): half the synthetic corpus
-# (50 utterances per speaker) and 8 epochs instead of the demo's 20; everything else is the demo's
-# (fbank, K 256, lr 2e-3, batch 32, quantization weight 0.1, loso-speaker). Studies run in this
-# order, the decisive ones first; "NAME+s12" holds seeds 1 and 2 of study NAME, reported with it.
+# The ablation's size, cut so that the whole grid fits about an hour of a quiet 2-core CPU (two
+# lanes of one thread; a run of this size takes about 20 s there): half the synthetic corpus (50
+# utterances per speaker) and 8 epochs instead of the demo's 20; everything else is the demo's
+# (fbank, K 256, lr 2e-3, batch 32, quantization weight 0.1, loso-speaker). Every study runs every
+# fold with every seed (5 x 3), in this order, the decisive ones first.
 SIZE = ["--epochs", "8"]
 SYNTHETIC_SIZE = ["--synthetic-utterances-per-speaker", "50"]
-ALL_FOLDS, ODD_FOLDS = "1,2,3,4,5", "1,3,5"
-# name -> (corpus, extra lpmn-experiment flags, seeds, folds)
+FOLDS, SEEDS = "1,2,3,4,5", "0,1,2"
+# name -> (corpus, extra lpmn-experiment flags)
 STUDIES = {
-    "tau005-standard": ("synthetic", ["--tau", "0.05", "--feature-norm", "standard"], "0", ALL_FOLDS),
-    "tau1-standard": ("synthetic", ["--tau", "1.0", "--feature-norm", "standard"], "0", ALL_FOLDS),
-    "tau1-none": ("synthetic", ["--tau", "1.0", "--feature-norm", "none"], "0", ODD_FOLDS),
-    "tau005-none": ("synthetic", ["--tau", "0.05", "--feature-norm", "none"], "0", ALL_FOLDS),
-    "espeak-tau005-standard": ("espeak", ["--tau", "0.05", "--feature-norm", "standard"], "0", ODD_FOLDS),
-    "espeak-tau005-none": ("espeak", ["--tau", "0.05", "--feature-norm", "none"], "0", ODD_FOLDS),
-    "espeak-tau1-standard": ("espeak", ["--tau", "1.0", "--feature-norm", "standard"], "0", ODD_FOLDS),
-    "tau005-standard+s12": ("synthetic", ["--tau", "0.05", "--feature-norm", "standard"], "1,2", ALL_FOLDS),
-    "tau1-standard+s12": ("synthetic", ["--tau", "1.0", "--feature-norm", "standard"], "1,2", ALL_FOLDS),
-    "tau1-log": ("synthetic", ["--tau", "1.0", "--feature-norm", "log"], "0", ODD_FOLDS),
-    "tau1-scale": ("synthetic", ["--tau", "1.0", "--feature-norm", "scale"], "0", ODD_FOLDS),
-    "tau1-batch": ("synthetic", ["--tau", "1.0", "--feature-norm", "batch"], "0", ODD_FOLDS),
+    "tau005-standard": ("synthetic", ["--tau", "0.05", "--feature-norm", "standard"]),
+    "tau1-standard": ("synthetic", ["--tau", "1.0", "--feature-norm", "standard"]),
+    "tau1-none": ("synthetic", ["--tau", "1.0", "--feature-norm", "none"]),
+    "tau005-none": ("synthetic", ["--tau", "0.05", "--feature-norm", "none"]),
+    "espeak-tau005-standard": ("espeak", ["--tau", "0.05", "--feature-norm", "standard"]),
+    "espeak-tau1-standard": ("espeak", ["--tau", "1.0", "--feature-norm", "standard"]),
+    "espeak-tau1-none": ("espeak", ["--tau", "1.0", "--feature-norm", "none"]),
+    "espeak-tau005-none": ("espeak", ["--tau", "0.05", "--feature-norm", "none"]),
+    "tau1-log": ("synthetic", ["--tau", "1.0", "--feature-norm", "log"]),
+    "tau1-scale": ("synthetic", ["--tau", "1.0", "--feature-norm", "scale"]),
+    "tau1-batch": ("synthetic", ["--tau", "1.0", "--feature-norm", "batch"]),
     "tau005-standard-restart-frame": ("synthetic", ["--tau", "0.05", "--feature-norm", "standard",
-                                                    "--restart", "frame"], "0", ALL_FOLDS),
-    "espeak-tau1-none": ("espeak", ["--tau", "1.0", "--feature-norm", "none"], "0", ODD_FOLDS),
+                                                    "--restart", "frame"]),
 }
 # probe variant -> (probe_reading, probe_standardize, importance)
 VARIANTS = {
@@ -72,9 +70,8 @@ def corpus_flags(corpus: str, out: Path) -> list[str]:
     return ["--data", "manifest", "--manifest", str(manifest), "--split", "loso-speaker"]
 
 
-def run_study(name: str, out: Path, folds: str | None, threads: int, extra: list[str] = ()) -> None:
-    corpus, flags, seeds, study_folds = STUDIES[name]
-    folds = folds or study_folds
+def run_study(name: str, out: Path, folds: str, seeds: str, threads: int, extra: list[str] = ()) -> None:
+    corpus, flags = STUDIES[name]
     command = [sys.executable, "-m", "lpmn_fast.experiment", *corpus_flags(corpus, out), *flags, *SIZE,
                "--backbone", "fbank", "--rows", "lpmn", "--k", str(K), "--seeds", seeds, "--fold", folds,
                "--threads", str(threads), "--no-progress", "--out", str(out / name), *extra]
@@ -151,16 +148,15 @@ def summary(per_seed: dict[str, dict[str, float]]) -> tuple[str, str, int]:
 def report(out: Path) -> str:
     lines = ["| corpus | study (training flags) | row | test WA % mean ± std | per-seed mean over folds | runs |",
              "|---|---|---|---|---|---|"]
-    for name, (corpus, flags, _, _) in STUDIES.items():
-        if "+" in name:
-            continue  # reported with its study
-        rows: dict = {}
-        for study in (out / name, out / f"{name}+s12"):
-            for row, per_seed in (collect(study) if study.is_dir() else {}).items():
-                rows.setdefault(row, {}).update(per_seed)
-        for row, per_seed in rows.items():
+    for name, (corpus, flags) in STUDIES.items():
+        study = out / name
+        for row, per_seed in (collect(study) if study.is_dir() else {}).items():
             overall, seeds, n = summary(per_seed)
             lines.append(f"| {corpus} | {name} (`{' '.join(flags)}`) | {row} | {overall} | {seeds} | {n} |")
+    commits = sorted({json.loads(m.read_text())["provenance"]["git"]["commit"][:12]
+                      + (" (dirty)" if json.loads(m.read_text())["provenance"]["git"]["dirty"] else "")
+                      for m in out.glob("*/**/metrics.json")})
+    lines += ["", f"Runs made at lpmn_fast commit {', '.join(commits) or '(none yet)'}."]
     return "\n".join(lines)
 
 
@@ -168,7 +164,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--studies", default=",".join(STUDIES))
-    parser.add_argument("--folds", help="folds of every study (default: each study's own)")
+    parser.add_argument("--folds", default=FOLDS, help=f"folds of every study (default: {FOLDS})")
+    parser.add_argument("--seeds", default=SEEDS, help=f"seeds of every study (default: {SEEDS})")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--extra", default="", help="more lpmn-experiment flags, e.g. '--epochs 1' for a smoke test")
     parser.add_argument("--report", type=Path, help="write the table of finished runs to this file and stop")
@@ -179,7 +176,7 @@ def main(argv=None) -> None:
         return
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     for name in args.studies.split(","):
-        run_study(name, args.out, args.folds, args.threads, args.extra.split())
+        run_study(name, args.out, args.folds, args.seeds, args.threads, args.extra.split())
         print(report(args.out), flush=True)
 
 
