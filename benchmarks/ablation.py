@@ -8,7 +8,8 @@ corpus: ``synthetic`` (the demo's corpus and settings) or ``espeak`` (benchmarks
 read as a manifest). Probe variants (reading x standardisation x importance) need no retraining:
 each probes the study's best LPMN-256 checkpoints again (``probe-K60-<variant>.json``). Finished runs
 are read back, so rerunning the command resumes. ``--report`` writes the tables (mean ± sample std
-over all folds x seeds, and the per-seed means over folds) from what has finished.
+over all folds x seeds, the per-seed means over folds, and paired differences between studies
+over the same seeds and folds) from what has finished.
 """
 
 from __future__ import annotations
@@ -56,6 +57,27 @@ VARIANTS = {
     "renorm-raw-direction": ("renormalise", False, "direction"),
 }
 K, K_PRIME = 256, 60
+# Paired comparisons (same seed and fold, so the fold-to-fold spread cancels): (study A, row A, study
+# B, row B); a row is "LPMN-256" or a probe variant's name.
+PAIRS = [
+    ("tau1-standard", "LPMN", "tau1-none", "LPMN"),
+    ("tau1-standard", "LPMN", "tau1-scale", "LPMN"),
+    ("tau1-standard", "LPMN", "tau1-log", "LPMN"),
+    ("tau1-batch", "LPMN", "tau1-standard", "LPMN"),
+    ("tau005-standard", "LPMN", "tau005-none", "LPMN"),
+    ("espeak-tau1-standard", "LPMN", "espeak-tau1-none", "LPMN"),
+    ("espeak-tau005-standard", "LPMN", "espeak-tau005-none", "LPMN"),
+    ("tau005-standard", "LPMN", "tau1-standard", "LPMN"),
+    ("espeak-tau005-standard", "LPMN", "espeak-tau1-standard", "LPMN"),
+    ("tau005-standard-restart-frame", "LPMN", "tau005-standard", "LPMN"),
+    ("tau005-standard-restart-frame", "columns-std-gradient", "tau005-standard", "columns-std-gradient"),
+    *[pair for study in ("tau005-standard", "tau1-standard", "espeak-tau005-standard", "espeak-tau1-standard")
+      for pair in ((study, "columns-std-gradient", study, "columns-raw-gradient"),
+                   (study, "renorm-std-gradient", study, "renorm-raw-gradient"),
+                   (study, "columns-std-gradient", study, "renorm-std-gradient"),
+                   (study, "columns-std-direction", study, "columns-std-gradient"),
+                   (study, "columns-std-gradient", study, "LPMN"))],
+]
 PROBE_EPOCHS = 30  # lpmn-train's --probe-epochs default
 
 
@@ -145,6 +167,31 @@ def summary(per_seed: dict[str, dict[str, float]]) -> tuple[str, str, int]:
     return overall, seeds, len(values)
 
 
+def paired(out: Path) -> list[str]:
+    """PAIRS as table rows: mean ± sample std of A - B over the (seed, fold) runs both finished."""
+    lines = ["| A | B | A - B, test WA points: mean ± std (standard error) | A better / tie / worse | runs |",
+             "|---|---|---|---|---|"]
+    cache: dict[str, dict] = {}
+
+    def runs(study, row):
+        if study not in cache:
+            cache[study] = collect(out / study) if (out / study).is_dir() else {}
+        per_seed = cache[study].get(f"LPMN-{K}" if row == "LPMN" else f"LPMN-{K}-{K_PRIME} {row}", {})
+        return {(seed, fold): v for seed, folds in per_seed.items() for fold, v in folds.items()}
+
+    for study_a, row_a, study_b, row_b in PAIRS:
+        a, b = runs(study_a, row_a), runs(study_b, row_b)
+        d = [a[key] - b[key] for key in sorted(a.keys() & b.keys())]
+        if len(d) < 2:
+            continue
+        sd = statistics.stdev(d)
+        name = lambda study, row: f"{study} {'LPMN-%d' % K if row == 'LPMN' else 'K%d %s' % (K_PRIME, row)}"
+        lines.append(f"| {name(study_a, row_a)} | {name(study_b, row_b)} | {statistics.mean(d):+.1f} ± {sd:.1f} "
+                     f"({sd / len(d) ** 0.5:.1f}) | {sum(x > 0 for x in d)} / {sum(x == 0 for x in d)} / "
+                     f"{sum(x < 0 for x in d)} | {len(d)} |")
+    return lines
+
+
 def report(out: Path) -> str:
     lines = ["| corpus | study (training flags) | row | test WA % mean ± std | per-seed mean over folds | runs |",
              "|---|---|---|---|---|---|"]
@@ -156,6 +203,7 @@ def report(out: Path) -> str:
     commits = sorted({json.loads(m.read_text())["provenance"]["git"]["commit"][:12]
                       + (" (dirty)" if json.loads(m.read_text())["provenance"]["git"]["dirty"] else "")
                       for m in out.glob("*/**/metrics.json")})
+    lines += ["", "Paired differences (same seed and fold):", "", *paired(out)]
     lines += ["", f"Runs made at lpmn_fast commit {', '.join(commits) or '(none yet)'}."]
     return "\n".join(lines)
 
