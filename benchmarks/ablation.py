@@ -140,23 +140,25 @@ def probe_variants(study: Path) -> None:
 
 
 def collect(study: Path) -> dict[str, dict[str, dict[str, float]]]:
-    """row -> seed -> fold -> test WA (%)."""
+    """row -> seed -> fold -> test WA (%) (and the restart count), of the study's finished runs."""
     rows: dict[str, dict[str, dict[str, float]]] = {}
-
-    def add(row, run_dir, value):
-        seed, fold = str(json.loads((run_dir / "metrics.json").read_text())["config"]["seed"]), run_dir.parent.name[5:]
-        rows.setdefault(row, {}).setdefault(seed, {})[fold] = value
-
     for run_dir in _run_dirs(study):
-        metrics = run_dir / "metrics.json"
-        if metrics.is_file():
-            add(f"LPMN-{K}", run_dir, 100 * json.loads(metrics.read_text())["test"]["wa"])
+        if not (run_dir / "metrics.json").is_file():
+            continue  # unfinished: neither trained to the end nor probed
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        seed, fold = str(metrics["config"]["seed"]), run_dir.parent.name[5:]
+        values = {_row_key("LPMN"): 100 * metrics["test"]["wa"]}
         for file in sorted(run_dir.glob(f"probe-K{K_PRIME}-*.json")):
-            add(f"LPMN-{K}-{K_PRIME} {file.stem.split('-', 2)[2]}", run_dir,
-                100 * json.loads(file.read_text())["test"]["wa"])
-        if metrics.is_file():
-            add("prototype restarts per run (count)", run_dir, json.loads(metrics.read_text())["prototype_restarts"])
+            values[_row_key(file.stem.split("-", 2)[2])] = 100 * json.loads(file.read_text())["test"]["wa"]
+        values["prototype restarts per run (count)"] = metrics["prototype_restarts"]
+        for row, value in values.items():
+            rows.setdefault(row, {}).setdefault(seed, {})[fold] = value
     return rows
+
+
+def _row_key(row: str) -> str:
+    """A PAIRS row ("LPMN" or a probe variant) as collect() names it."""
+    return f"LPMN-{K}" if row == "LPMN" else f"LPMN-{K}-{K_PRIME} {row}"
 
 
 def summary(per_seed: dict[str, dict[str, float]]) -> tuple[str, str, int]:
@@ -167,17 +169,19 @@ def summary(per_seed: dict[str, dict[str, float]]) -> tuple[str, str, int]:
     return overall, seeds, len(values)
 
 
-def paired(out: Path) -> list[str]:
-    """PAIRS as table rows: mean ± sample std of A - B over the (seed, fold) runs both finished."""
+def paired(collected: dict[str, dict[str, dict[str, dict[str, float]]]]) -> list[str]:
+    """PAIRS as table rows: mean ± sample std of A - B over the (seed, fold) runs both finished.
+
+    collected: study -> collect(study)."""
     lines = ["| A | B | A - B, test WA points: mean ± std (standard error) | A better / tie / worse | runs |",
              "|---|---|---|---|---|"]
-    cache: dict[str, dict] = {}
 
     def runs(study, row):
-        if study not in cache:
-            cache[study] = collect(out / study) if (out / study).is_dir() else {}
-        per_seed = cache[study].get(f"LPMN-{K}" if row == "LPMN" else f"LPMN-{K}-{K_PRIME} {row}", {})
+        per_seed = collected.get(study, {}).get(_row_key(row), {})
         return {(seed, fold): v for seed, folds in per_seed.items() for fold, v in folds.items()}
+
+    def name(study, row):
+        return f"{study} {f'LPMN-{K}' if row == 'LPMN' else f'K{K_PRIME} {row}'}"
 
     for study_a, row_a, study_b, row_b in PAIRS:
         a, b = runs(study_a, row_a), runs(study_b, row_b)
@@ -185,7 +189,6 @@ def paired(out: Path) -> list[str]:
         if len(d) < 2:
             continue
         sd = statistics.stdev(d)
-        name = lambda study, row: f"{study} {'LPMN-%d' % K if row == 'LPMN' else 'K%d %s' % (K_PRIME, row)}"
         lines.append(f"| {name(study_a, row_a)} | {name(study_b, row_b)} | {statistics.mean(d):+.1f} ± {sd:.1f} "
                      f"({sd / len(d) ** 0.5:.1f}) | {sum(x > 0 for x in d)} / {sum(x == 0 for x in d)} / "
                      f"{sum(x < 0 for x in d)} | {len(d)} |")
@@ -195,15 +198,14 @@ def paired(out: Path) -> list[str]:
 def report(out: Path) -> str:
     lines = ["| corpus | study (training flags) | row | test WA % mean ± std | per-seed mean over folds | runs |",
              "|---|---|---|---|---|---|"]
+    collected = {name: collect(out / name) for name in STUDIES if (out / name).is_dir()}
     for name, (corpus, flags) in STUDIES.items():
-        study = out / name
-        for row, per_seed in (collect(study) if study.is_dir() else {}).items():
+        for row, per_seed in collected.get(name, {}).items():
             overall, seeds, n = summary(per_seed)
             lines.append(f"| {corpus} | {name} (`{' '.join(flags)}`) | {row} | {overall} | {seeds} | {n} |")
-    commits = sorted({json.loads(m.read_text())["provenance"]["git"]["commit"][:12]
-                      + (" (dirty)" if json.loads(m.read_text())["provenance"]["git"]["dirty"] else "")
-                      for m in out.glob("*/**/metrics.json")})
-    lines += ["", "Paired differences (same seed and fold):", "", *paired(out)]
+    git = [json.loads(m.read_text())["provenance"]["git"] for m in out.glob("*/**/metrics.json")]
+    commits = sorted({g["commit"][:12] + (" (dirty)" if g["dirty"] else "") for g in git})
+    lines += ["", "Paired differences (same seed and fold):", "", *paired(collected)]
     lines += ["", f"Runs made at lpmn_fast commit {', '.join(commits) or '(none yet)'}."]
     return "\n".join(lines)
 
